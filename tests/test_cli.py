@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SMOLLM2, rewrite_gguf, tiny_path
+from conftest import rewrite_gguf, tiny_path
 
 from llamette import cli, default_model
 
@@ -54,17 +54,6 @@ def test_tokenize_formats(capsys) -> None:
 def test_escapes() -> None:
     assert cli.process_escapes(r"a\nb\tc\\d\'e\"f\x41\q") == "a\nb\tc\\d'e\"fA\\q"
     assert cli.process_escapes("tail\\") == "tail\\"
-
-
-@pytest.mark.slow
-def test_perplexity_output(tmp_path: Path, capsys) -> None:
-    text = (SMOLLM2 / "shakespeare_eval.txt").read_text(encoding="utf-8")[:20000]
-    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-    code, out, err = run_cli(["perplexity", "-f", str(tmp_path / "t.txt"), "-c", "128", "--chunks", "3"], capsys)
-    assert code == 0
-    assert out.startswith("[1]") and "[3]" in out
-    assert out.splitlines()[-1].startswith("Final estimate: PPL = ")
-    assert "seconds per pass" in err
 
 
 def test_info(capsys) -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import SMOLLM2, SMOLLM2_REFERENCE
 
+from llamette import cli
 from llamette.generate import generate
-from llamette.perplexity import perplexity
 from llamette.sampling import Sampler
 
 GREEDY = SMOLLM2_REFERENCE["greedy"]
@@ -79,10 +79,14 @@ def test_free_running_greedy_matches_32_tokens(smollm2) -> None:
 
 
 @pytest.mark.slow
-def test_perplexity_matches_llama_perplexity(smollm2) -> None:
+def test_perplexity_command_matches_llama_perplexity(capsys) -> None:
+    """`llamette perplexity -f shakespeare_eval.txt -c 128 --chunks 20`, as llama-perplexity was run."""
     ref = next(r for r in SMOLLM2_REFERENCE["perplexity"] if r["n_ctx"] == 128)
-    text = (SMOLLM2 / ref["text_file"]).read_text(encoding="utf-8")
-    tokens = smollm2.tokenizer.encode(text, add_special=True, parse_special=False)
-    result = perplexity(smollm2, tokens, n_ctx=128, n_chunks=ref["chunks"])
-    assert result.n_chunks == 20 and result.n_scored == 20 * 63
-    assert abs(result.ppl / ref["ppl"] - 1) < 0.01, (result.ppl, ref["ppl"])
+    code = cli.main(["perplexity", "-f", str(SMOLLM2 / ref["text_file"]), "-c", "128", "--chunks", str(ref["chunks"])])
+    out, err = capsys.readouterr()
+    assert code == 0 and "seconds per pass" in err and "over 20 chunks, n_ctx=128" in err
+    assert out.startswith("[1]") and "[20]" in out and "[21]" not in out
+    last = out.splitlines()[-1]
+    assert last.startswith("Final estimate: PPL = ")
+    ppl = float(last.split("=")[1].split("+/-")[0])
+    assert abs(ppl / ref["ppl"] - 1) < 0.01, (ppl, ref["ppl"])

@@ -106,7 +106,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     except OSError as e:
         raise LlametteError(f"{path}: cannot read: {e.strerror or e}") from None
     model = load(args.model)
-    n_ctx = args.ctx_size if args.ctx_size > 0 else 512
+    n_ctx = args.ctx_size or model.config.n_ctx_train
     t0 = time.perf_counter()
     tokens = model.tokenizer.encode(text, add_special=True, parse_special=False)
     _log(f"perplexity: tokenized {path.name} in {time.perf_counter() - t0:.2f} s: {len(tokens)} tokens")
@@ -299,7 +299,7 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_non_negative_int,
         default=512,
         metavar="N",
-        help="tokens per chunk (default: 512)",
+        help="tokens per chunk (default: 512; 0 = the model's context)",
     )
     ppl.add_argument("--chunks", type=int, default=-1, metavar="K", help="evaluate at most K chunks (default: all)")
     ppl.set_defaults(func=cmd_perplexity)

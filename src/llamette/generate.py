@@ -66,5 +66,5 @@ def generate(
             stats.stop_reason = "context"
             break
         logits = model.net.forward([token], cache)[-1]
-        stats.generate_seconds = time.perf_counter() - t0
+        stats.generate_seconds = time.perf_counter() - t0  # current even if the consumer stops early
     stats.generate_seconds = time.perf_counter() - t0

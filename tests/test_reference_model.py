@@ -1,4 +1,4 @@
-"""The numpy reference forward pass against llama.cpp's logits, and its KV cache behaviour."""
+"""The numpy reference forward pass (backend "ref") against llama.cpp's logits, and its KV cache."""
 
 from __future__ import annotations
 
@@ -12,12 +12,18 @@ from llamette.cache import KVCache
 from llamette.errors import ContextFullError, GGUFError
 from llamette.gguf import GGUFFile
 from llamette.gguf.constants import GGUFValueType
-from llamette.loader import load
+from llamette.loader import load as load_any
 from llamette.model.config import ModelConfig
 from llamette.model.reference import ReferenceLlama
 from llamette.model.weights import load_weights
 
 TOKENS = TINY_MANIFEST["tokens"]
+
+
+def load(path, **kw):
+    return load_any(path, backend="ref", **kw)
+
+
 # ||ours - llama.cpp|| / ||llama.cpp||: the acceptance bound; exact math lands at 0.0002 (F32) to 0.021
 # (K-quants) because llama.cpp rounds activations to 8 bits and attention inputs to f16
 LOGITS_TOLERANCE = 0.03

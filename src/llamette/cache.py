@@ -9,6 +9,11 @@ from llamette.errors import ContextFullError
 _MIN_GROWTH = 256  # positions added at least per reallocation
 
 
+def grown_capacity(current: int, needed: int, n_ctx: int) -> int:
+    """The next storage size: at least needed, doubling (in steps of >= 256), never past n_ctx."""
+    return min(n_ctx, max(needed, 2 * current, _MIN_GROWTH))
+
+
 class KVCache:
     """k[layer], v[layer]: (capacity, n_kv_heads, head_dim); positions 0..seq_len-1 are filled.
 
@@ -42,7 +47,7 @@ class KVCache:
                 "(raise it with -c)"
             )
         if start + n_tokens > self.capacity:
-            new_cap = min(self.n_ctx, max(start + n_tokens, 2 * self.capacity, _MIN_GROWTH))
+            new_cap = grown_capacity(self.capacity, start + n_tokens, self.n_ctx)
             for store in (self.k, self.v):
                 for i, old in enumerate(store):
                     grown = np.empty((new_cap, *self._shape), self._dtype)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from llamette.cache import KVCache
 from llamette.default_model import default_model_path
-from llamette.errors import GGUFError
+from llamette.errors import GGUFError, LlametteError
 from llamette.gguf.reader import GGUFFile
+from llamette.kernels import BACKENDS
 from llamette.model.config import ModelConfig
 from llamette.model.reference import ReferenceLlama
 from llamette.model.weights import check_tensors, load_weights
@@ -24,9 +26,10 @@ class Model:
     gguf: GGUFFile
     config: ModelConfig
     tokenizer: Tokenizer
-    net: ReferenceLlama
+    net: Any  # ReferenceLlama or kernels.cpu.NativeLlama: forward(tokens, cache, all_logits), new_cache(n_ctx)
+    backend: str = "ref"
 
-    def new_cache(self, n_ctx: int | None = None) -> KVCache:
+    def new_cache(self, n_ctx: int | None = None):
         """An empty KV cache; n_ctx defaults to the context length the model was trained for."""
         return self.net.new_cache(n_ctx or self.config.n_ctx_train)
 
@@ -49,13 +52,28 @@ def load_tokenizer(path: str | os.PathLike | None) -> Tokenizer:
         return Tokenizer.from_gguf(gguf)
 
 
-def load(path: str | os.PathLike | None = None) -> Model:
-    """Load a GGUF model (the default model when path is None) for the numpy reference backend."""
+def load(path: str | os.PathLike | None = None, backend: str | None = None, n_threads: int | None = None) -> Model:
+    """Load a GGUF model (the default model when path is None).
+
+    backend: "cpu" (native kernels, the default when the library was built) or "ref" (the numpy reference).
+    n_threads: native threads (default: the physical cores).
+    """
+    from llamette.kernels import cpu
+
+    if backend not in (None, *BACKENDS):
+        raise LlametteError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if backend is None:
+        backend = "cpu" if cpu.available() else "ref"
+        if backend == "ref":
+            print("warning: native kernels not built, using the slow numpy reference", file=sys.stderr)
     gguf, config = open_model_file(path)
     tokenizer = Tokenizer.from_gguf(gguf)
     if tokenizer.n_vocab > config.n_vocab:
         raise GGUFError(
             f"{gguf.path}: the tokenizer has {tokenizer.n_vocab} tokens but the embedding only {config.n_vocab} rows"
         )
-    net = ReferenceLlama(config, load_weights(gguf, config))
-    return Model(gguf.path, gguf, config, tokenizer, net)
+    if backend == "cpu":
+        net = cpu.NativeLlama(config, gguf, n_threads)
+    else:
+        net = ReferenceLlama(config, load_weights(gguf, config))
+    return Model(gguf.path, gguf, config, tokenizer, net, backend)

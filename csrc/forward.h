@@ -1,0 +1,50 @@
+/* The model description the fused forward runs on. Python fills these structs (ctypes mirrors them in
+ * src/llamette/kernels/cpu.py): weights are pointers into the memory-mapped GGUF file, caches into numpy. */
+#ifndef LLAMETTE_FORWARD_H
+#define LLAMETTE_FORWARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api.h"
+#include "common.h"
+
+/* lm_weight.flags: llama.cpp repacks this weight into 8-row interleaved blocks (Q4_0, IQ4_NL, Q4_K, Q2_K with
+ * rows % 8 == 0 on AVX2 machines), whose kernels accumulate differently from the plain vec_dot ones */
+#define LM_REPACKED 1
+
+typedef struct {
+    const void *data; /* rows x row_bytes, GGUF block layout */
+    int64_t type, rows, cols, row_bytes, flags;
+} lm_weight;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm; /* (dim,) */
+    lm_weight wq, wk, wv, wo, gate, up, down;
+    const float *bq, *bk, *bv, *bo, *bgate, *bup, *bdown; /* optional biases, NULL when absent */
+} lm_layer;
+
+typedef struct {
+    int64_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, n_vocab, rope_dims;
+    float rms_eps, rope_base, rope_freq_scale, attn_scale;
+    const float *rope_freqs;  /* (rope_dims / 2,) or NULL */
+    const float *output_norm; /* (dim,) */
+    lm_weight token_embd, output;
+    lm_layer *layers;
+} lm_model;
+
+/* one sequence's KV cache, per layer */
+typedef struct {
+    int64_t capacity; /* positions allocated */
+    lm_half **k;      /* [layer] -> (n_kv_heads, capacity, head_dim) */
+    lm_half **v;      /* [layer] -> (n_kv_heads, head_dim, capacity): transposed, as llama.cpp stores V */
+} lm_kv;
+
+size_t lm_forward_workspace_bytes(const lm_model *m, const lm_kv *kv, int64_t n_tok, int n_threads);
+
+/* Run n_tok tokens at positions pos0.. (their K/V go into kv); logits (n_out x n_vocab) of the last n_out
+ * tokens. Returns 0, -1 for bad arguments, -2 for a workspace that is too small. */
+int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t *tokens, int64_t n_tok, int64_t pos0,
+               int64_t n_out, float *logits, void *workspace, size_t workspace_bytes);
+
+#endif

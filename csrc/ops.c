@@ -1,0 +1,191 @@
+/* The float ops of a Llama layer, each as a per-thread part (ith of nth) so the fused forward can run them
+ * between barriers. Arithmetic follows ggml-cpu as built on AVX-512 x86 (ops.cpp, vec.cpp, llamafile
+ * sgemm) operation for operation, including its exp approximation, so results match llama.cpp's. */
+#include "ops.h"
+
+#include <stdlib.h>
+
+#include "common.h"
+
+/* -- exp and SiLU: ggml_v_expf / ggml_v_silu, AVX-512 variant, one lane at a time ------------------ */
+
+static inline float v_expf(float x) {
+    const float r = 0x1.8p23f;
+    const float z = fmaf(x, 0x1.715476p+0f, r);
+    const float n = z - r;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const float u = b * b;
+    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                         fmaf(0x1.ffffecp-1f, b, 1.0f));
+    if (fabsf(n) > 192) return n <= 0 ? 0.0f : INFINITY;
+    return ldexpf(j, (int)n); /* _mm512_scalef_ps: j * 2^floor(n), n is integral here */
+}
+
+static inline float v_silu(float x) { return x / (1.0f + v_expf(0.0f - x)); }
+
+/* -- RMS norm (ggml_compute_forward_rms_norm_f32, fused with the weight) ----------------------------- */
+
+void lm_rms_norm_part(const float *x, const float *w, float *y, int64_t rows, int64_t dim, float eps, int ith,
+                      int nth) {
+    long r0, r1;
+    lm_split(rows, ith, nth, &r0, &r1);
+    for (long r = r0; r < r1; r++) {
+        const float *xr = x + r * dim;
+        float *yr = y + r * dim;
+        double sum = 0.0;
+        for (int64_t i = 0; i < dim; i++) sum += (double)(xr[i] * xr[i]);
+        const float mean = (float)(sum / (double)dim);
+        const float scale = 1.0f / sqrtf(mean + eps);
+        for (int64_t i = 0; i < dim; i++) yr[i] = xr[i] * scale * w[i];
+    }
+}
+
+/* -- RoPE on adjacent pairs (ggml "normal" mode, ggml_rope_cache_init + rotate_pairs) ---------------- */
+
+void lm_rope_part(float *x, const int32_t *pos, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t n_dims,
+                  float base, float freq_scale, const float *freq_factors, int ith, int nth) {
+    const float theta_scale = powf(base, -2.0f / (float)n_dims);
+    float cache[1024];
+    long t0, t1;
+    lm_split(n_tok, ith, nth, &t0, &t1);
+    for (long t = t0; t < t1; t++) {
+        float theta = (float)pos[t];
+        for (int64_t i0 = 0; i0 < n_dims; i0 += 2) {
+            const float ff = freq_factors ? freq_factors[i0 / 2] : 1.0f;
+            const float th = freq_scale * (theta / ff);
+            cache[i0] = cosf(th);
+            cache[i0 + 1] = sinf(th);
+            theta *= theta_scale;
+        }
+        for (int64_t h = 0; h < n_heads; h++) {
+            float *v = x + (t * n_heads + h) * head_dim;
+            for (int64_t i0 = 0; i0 < n_dims; i0 += 2) {
+                const float c = cache[i0], s = cache[i0 + 1], x0 = v[i0], x1 = v[i0 + 1];
+                v[i0] = fmaf(x0, c, -(x1 * s)); /* as GCC contracts x0*c - x1*s in ggml */
+                v[i0 + 1] = fmaf(x0, s, x1 * c);
+            }
+        }
+    }
+}
+
+/* -- elementwise --------------------------------------------------------------------------------------- */
+
+void lm_swiglu_part(const float *g, const float *u, float *y, int64_t rows, int64_t n, int ith, int nth) {
+    long r0, r1;
+    lm_split(rows, ith, nth, &r0, &r1);
+    for (long r = r0; r < r1; r++) {
+        const float *gr = g + r * n, *ur = u + r * n;
+        float *yr = y + r * n;
+        const int64_t n_vec = n & ~(int64_t)15; /* full 16-wide chunks use ggml's exp, the tail libm's */
+        int64_t i = 0;
+        for (; i < n_vec; i++) yr[i] = v_silu(gr[i]) * ur[i];
+        for (; i < n; i++) yr[i] = gr[i] / (1.0f + expf(-gr[i])) * ur[i];
+    }
+}
+
+void lm_add_part(float *x, const float *y, int64_t n, int ith, int nth) {
+    long i0, i1;
+    lm_split(n, ith, nth, &i0, &i1);
+    for (long i = i0; i < i1; i++) x[i] += y[i];
+}
+
+/* -- KV cache: K as (kv_head, position, head_dim), V transposed as (kv_head, head_dim, position), half -- */
+
+void lm_kv_store_part(const float *k, const float *v, int64_t n_tok, int64_t n_kv_heads, int64_t head_dim,
+                      lm_half *k_cache, lm_half *v_cache, int64_t capacity, int64_t pos0, int ith, int nth) {
+    long h0, h1;
+    lm_split(n_kv_heads, ith, nth, &h0, &h1);
+    for (long h = h0; h < h1; h++) {
+        for (int64_t t = 0; t < n_tok; t++) {
+            const float *kt = k + (t * n_kv_heads + h) * head_dim, *vt = v + (t * n_kv_heads + h) * head_dim;
+            lm_half *kd = k_cache + (h * capacity + pos0 + t) * head_dim;
+            for (int64_t d = 0; d < head_dim; d++) {
+                kd[d] = lm_f2h(kt[d]);
+                v_cache[(h * head_dim + d) * capacity + pos0 + t] = lm_f2h(vt[d]);
+            }
+        }
+    }
+}
+
+/* -- attention ---------------------------------------------------------------------------------------- */
+
+/* Half-float dot products the way ggml's mul_mat computes them. One column (decode) goes through
+ * ggml_vec_dot_f16: 4 x 16 lanes over 64-element steps, the tail past the last full step added in
+ * double. n_zeros_to: the length ggml's operand really has, padded with zero products (llama.cpp pads the
+ * KV cache to a multiple of 256), so elements up to it follow the lane pattern, not the tail. */
+static float dot_f16_vec(const lm_half *a, const lm_half *b, int64_t n, int64_t n_zeros_to) {
+    float acc[4][16] = {{0}};
+    const int64_t np = (n_zeros_to > n ? n_zeros_to : n) & ~(int64_t)63;
+    const int64_t n_lanes = n < np ? n : np;
+    for (int64_t e = 0; e < n_lanes; e++) {
+        acc[(e & 63) >> 4][e & 15] = fmaf(lm_h2f(a[e]), lm_h2f(b[e]), acc[(e & 63) >> 4][e & 15]);
+    }
+    for (int l = 0; l < 16; l++) {
+        acc[0][l] += acc[2][l];
+        acc[1][l] += acc[3][l];
+    }
+    for (int l = 0; l < 16; l++) acc[0][l] += acc[1][l];
+    double sum = lm_hsum16(acc[0]);
+    for (int64_t e = n_lanes; e < n; e++) sum += (double)(lm_h2f(a[e]) * lm_h2f(b[e]));
+    return (float)sum;
+}
+
+static float dot_f16_blas(const lm_half *a, const lm_half *b, int64_t n) {
+    float acc[16] = {0};
+    for (int64_t i = 0; i < n; i++) acc[i % 16] = fmaf(lm_h2f(a[i]), lm_h2f(b[i]), acc[i % 16]);
+    return lm_hsum16(acc);
+}
+
+/* per thread: scores (n_pad floats), probabilities (n_pad halves), the query (head_dim halves) */
+size_t lm_attention_scratch_floats(int64_t n_keys, int64_t head_dim) {
+    const int64_t n_pad = (n_keys + 63) & ~(int64_t)63;
+    return (size_t)(n_pad + n_pad / 2 + head_dim / 2 + 16);
+}
+
+void lm_attention_part(const float *q, int64_t n_tok, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                       const lm_half *k_cache, const lm_half *v_cache, int64_t capacity, int64_t pos0, float scale,
+                       float *out, float *scratch, int ith, int nth) {
+    /* keys 0 .. pos0 + n_tok - 1; padded to 64 with masked (zero-probability) entries, as llama.cpp pads */
+    const int64_t n_keys = pos0 + n_tok, n_pad = (n_keys + 63) & ~(int64_t)63;
+    const int64_t n_pad256 = (n_keys + 255) & ~(int64_t)255;
+    const int64_t rep = n_heads / n_kv_heads;
+    /* tinyBLAS takes prompt batches (2+ columns) when rows % 4 == 0 and k % 16 == 0 (llamafile_sgemm) */
+    const int blas_kq = n_tok > 1 && head_dim % 16 == 0;
+    const int blas_kqv = n_tok > 1 && head_dim % 4 == 0;
+    float *w = scratch;
+    lm_half *p16 = (lm_half *)(scratch + n_pad);
+    lm_half *q16 = (lm_half *)(scratch + n_pad + n_pad / 2 + 8);
+    long j0, j1;
+    lm_split(n_tok * n_heads, ith, nth, &j0, &j1);
+    for (long job = j0; job < j1; job++) {
+        const int64_t t = job / n_heads, h = job % n_heads, hk = h / rep;
+        const int64_t visible = pos0 + t + 1; /* causal: keys at positions <= the query's */
+        for (int64_t d = 0; d < head_dim; d++) q16[d] = lm_f2h(q[(t * n_heads + h) * head_dim + d]);
+        const lm_half *kh = k_cache + hk * capacity * head_dim;
+        float max = -INFINITY;
+        for (int64_t l = 0; l < visible; l++) {
+            const float s = blas_kq ? dot_f16_blas(kh + l * head_dim, q16, head_dim)
+                                    : dot_f16_vec(kh + l * head_dim, q16, head_dim, head_dim);
+            w[l] = s * scale;
+            max = fmaxf(max, w[l]);
+        }
+        /* ggml_vec_soft_max_f32: exp in 16-wide chunks, each chunk's sum added in double */
+        double sum = 0.0;
+        for (int64_t l0 = 0; l0 < n_pad; l0 += 16) {
+            float chunk[16];
+            for (int l = 0; l < 16; l++) {
+                chunk[l] = l0 + l < visible ? v_expf(w[l0 + l] - max) : 0.0f;
+                w[l0 + l] = chunk[l];
+            }
+            sum += (double)lm_hsum16(chunk);
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int64_t l = 0; l < n_pad; l++) p16[l] = lm_f2h(w[l] * inv);
+        const lm_half *vh = v_cache + hk * head_dim * capacity;
+        float *o = out + (t * n_heads + h) * head_dim;
+        for (int64_t d = 0; d < head_dim; d++) {
+            o[d] = blas_kqv ? dot_f16_blas(vh + d * capacity, p16, visible)
+                            : dot_f16_vec(vh + d * capacity, p16, visible, n_pad256);
+        }
+    }
+}

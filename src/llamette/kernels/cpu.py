@@ -1,0 +1,356 @@
+"""The native CPU backend: ctypes bindings to llamette's C library (csrc/) and the model it runs.
+
+Weights stay in the memory-mapped GGUF file; the C side reads their blocks in place. Everything is
+validated here before it reaches C, so bad input gives a Python error, never a crash.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.machinery
+import os
+from ctypes import POINTER, c_float, c_int, c_int64, c_size_t, c_void_p
+from pathlib import Path
+
+import numpy as np
+
+from llamette.cache import grown_capacity
+from llamette.errors import ContextFullError, LlametteError
+from llamette.gguf.constants import GGMLType
+from llamette.gguf.reader import GGUFFile
+from llamette.model.config import ModelConfig
+from llamette.model.weights import check_tensors
+from llamette.quant import dequantize
+
+ABI_VERSION = 1
+
+
+class NativeUnavailable(LlametteError):
+    """The C library is missing (not built) or does not match this Python code."""
+
+
+# -- the library -------------------------------------------------------------------------------------------
+
+
+LM_REPACKED = 1
+# llama.cpp (AVX2+ x86) repacks these weight types into 8-row interleaved blocks when rows % 8 == 0, and
+# their kernels round differently: the native kernels follow whichever llama.cpp would run
+_REPACKED_TYPES = {GGMLType.Q4_0}
+
+
+class LmWeight(ctypes.Structure):
+    _fields_ = [
+        ("data", c_void_p),
+        ("type", c_int64),
+        ("rows", c_int64),
+        ("cols", c_int64),
+        ("row_bytes", c_int64),
+        ("flags", c_int64),
+    ]
+
+
+class LmLayer(ctypes.Structure):
+    _fields_ = [
+        ("attn_norm", c_void_p), ("ffn_norm", c_void_p),
+        ("wq", LmWeight), ("wk", LmWeight), ("wv", LmWeight), ("wo", LmWeight),
+        ("gate", LmWeight), ("up", LmWeight), ("down", LmWeight),
+        ("bq", c_void_p), ("bk", c_void_p), ("bv", c_void_p), ("bo", c_void_p),
+        ("bgate", c_void_p), ("bup", c_void_p), ("bdown", c_void_p),
+    ]  # fmt: skip
+
+
+class LmModel(ctypes.Structure):
+    _fields_ = [
+        ("n_layers", c_int64), ("dim", c_int64), ("n_heads", c_int64), ("n_kv_heads", c_int64),
+        ("head_dim", c_int64), ("ffn_dim", c_int64), ("n_vocab", c_int64), ("rope_dims", c_int64),
+        ("rms_eps", c_float), ("rope_base", c_float), ("rope_freq_scale", c_float), ("attn_scale", c_float),
+        ("rope_freqs", c_void_p), ("output_norm", c_void_p),
+        ("token_embd", LmWeight), ("output", LmWeight), ("layers", POINTER(LmLayer)),
+    ]  # fmt: skip
+
+
+class LmKV(ctypes.Structure):
+    _fields_ = [("capacity", c_int64), ("k", POINTER(c_void_p)), ("v", POINTER(c_void_p))]
+
+
+def _library_path() -> Path | None:
+    here = Path(__file__).resolve().parent.parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_native{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    path = _library_path()
+    if path is None:
+        raise NativeUnavailable(
+            "the native library was not built (no llamette/_native*.so): reinstall with `pip install .` "
+            "on a machine with a C compiler, or use --backend ref"
+        )
+    lib = ctypes.CDLL(str(path))  # CDLL releases the GIL during every call
+    if lib.lm_abi_version() != ABI_VERSION:
+        raise NativeUnavailable(f"{path} is from another llamette version: reinstall with `pip install .`")
+    sig = {
+        "lm_pool_create": (c_void_p, [c_int]),
+        "lm_pool_free": (None, [c_void_p]),
+        "lm_build_info": (ctypes.c_char_p, []),
+        "lm_block_size": (c_int, [c_int, POINTER(c_int)]),
+        "lm_dequantize_row": (c_int, [c_int, c_void_p, c_void_p, c_int64]),
+        "lm_act_type": (c_int, [c_int]),
+        "lm_act_row_bytes": (c_int64, [c_int, c_int64]),
+        "lm_quantize_act": (c_int, [c_int, c_void_p, c_void_p, c_int64]),
+        "lm_vec_dot": (c_float, [c_int, c_int64, c_void_p, c_void_p]),
+        "lm_matmul": (c_int, [c_void_p, c_int, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p]),
+        "lm_forward_workspace_bytes": (c_size_t, [POINTER(LmModel), POINTER(LmKV), c_int64, c_int]),
+        "lm_forward": (
+            c_int,
+            [
+                c_void_p,
+                POINTER(LmModel),
+                POINTER(LmKV),
+                c_void_p,
+                c_int64,
+                c_int64,
+                c_int64,
+                c_void_p,
+                c_void_p,
+                c_size_t,
+            ],
+        ),
+    }
+    for name, (restype, argtypes) in sig.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+def available() -> bool:
+    try:
+        library()
+        return True
+    except (NativeUnavailable, OSError):
+        return False
+
+
+def default_threads() -> int:
+    """Physical cores this process may run on (hyper-threads share a core's memory bandwidth)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topo.joinpath("physical_package_id").read_text(), topo.joinpath("core_id").read_text()))
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+class ThreadPool:
+    """Owns a native thread pool; n threads including the caller."""
+
+    def __init__(self, n_threads: int) -> None:
+        if not isinstance(n_threads, int) or not 1 <= n_threads <= 1024:
+            raise LlametteError(f"thread count must be 1 to 1024, got {n_threads!r}")
+        self.n_threads = n_threads
+        self.handle = library().lm_pool_create(n_threads)
+
+    def __del__(self) -> None:
+        if getattr(self, "handle", None):
+            library().lm_pool_free(self.handle)
+            self.handle = None
+
+
+def _ptr(a: np.ndarray | None) -> int | None:
+    return None if a is None else a.ctypes.data
+
+
+# -- kernels, for tests and single ops --------------------------------------------------------------------
+
+
+def act_row_bytes(wtype: int, k: int) -> int:
+    return library().lm_act_row_bytes(int(wtype), k)
+
+
+def quantize_activations(wtype: int, x: np.ndarray) -> np.ndarray:
+    """x (n, k) float32 -> (n, row_bytes) uint8: the activation format ggml pairs with weight type wtype."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, k = x.shape
+    rb = act_row_bytes(wtype, k)
+    if rb < 0:
+        raise LlametteError(f"no activation format for type {wtype} with rows of {k}")
+    out = np.zeros((n, rb), np.uint8)
+    for i in range(n):
+        library().lm_quantize_act(int(wtype), x[i].ctypes.data, out[i].ctypes.data, k)
+    return out
+
+
+def matmul(pool: ThreadPool, wtype: int, w: np.ndarray, k: int, x: np.ndarray) -> np.ndarray:
+    """x (n, k) float32 times W^T, W (rows, bytes per row) in its GGUF block layout -> (n, rows) float32."""
+    lib = library()
+    block = c_int()
+    qk = lib.lm_block_size(int(wtype), ctypes.byref(block))
+    w = np.ascontiguousarray(w, dtype=np.uint8)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if qk == 0 or k % qk or w.shape[1] != k // qk * block.value or x.shape[1] != k:
+        raise LlametteError(f"matmul: shapes do not fit (type {wtype}, k {k}, weight {w.shape}, x {x.shape})")
+    y = np.empty((x.shape[0], w.shape[0]), np.float32)
+    if lib.lm_matmul(pool.handle, int(wtype), w.ctypes.data, w.shape[0], k, x.ctypes.data, x.shape[0], y.ctypes.data):
+        raise LlametteError(f"matmul failed for type {wtype}")
+    return y
+
+
+# -- the model --------------------------------------------------------------------------------------------
+
+
+class NativeKVCache:
+    """K and V for one sequence, half floats, grown on demand: K (layer)(kv_head, position, head_dim),
+    V transposed (layer)(kv_head, head_dim, position) as llama.cpp keeps it."""
+
+    def __init__(self, cfg: ModelConfig, n_ctx: int) -> None:
+        self.cfg, self.n_ctx, self.seq_len = cfg, n_ctx, 0
+        self.k: list[np.ndarray] = []
+        self.v: list[np.ndarray] = []
+        self.struct = LmKV(0, None, None)
+        self._resize(0)
+
+    @property
+    def capacity(self) -> int:
+        return self.struct.capacity
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+
+    def _resize(self, capacity: int) -> None:
+        c, keep = self.cfg, self.seq_len
+        k = [np.zeros((c.n_kv_heads, capacity, c.head_dim), np.float16) for _ in range(c.n_layers)]
+        v = [np.zeros((c.n_kv_heads, c.head_dim, capacity), np.float16) for _ in range(c.n_layers)]
+        for new, old in zip(k, self.k, strict=False):
+            new[:, :keep] = old[:, :keep]
+        for new, old in zip(v, self.v, strict=False):
+            new[:, :, :keep] = old[:, :, :keep]
+        self.k, self.v = k, v
+        self._k_ptrs = (c_void_p * c.n_layers)(*[a.ctypes.data for a in k])
+        self._v_ptrs = (c_void_p * c.n_layers)(*[a.ctypes.data for a in v])
+        self.struct = LmKV(capacity, self._k_ptrs, self._v_ptrs)
+
+    def reserve(self, n_tokens: int) -> int:
+        """Room for n_tokens more positions; returns the first. Raises ContextFullError past n_ctx."""
+        start = self.seq_len
+        if start + n_tokens > self.n_ctx:
+            raise ContextFullError(
+                f"context is full: {start} tokens in the cache + {n_tokens} new > context size {self.n_ctx} "
+                "(raise it with -c)"
+            )
+        if start + n_tokens > self.capacity:
+            self._resize(grown_capacity(self.capacity, start + n_tokens, self.n_ctx))
+        return start
+
+    def truncate(self, n_tokens: int) -> None:
+        self.seq_len = min(self.seq_len, max(0, n_tokens))
+
+    def clear(self) -> None:
+        self.seq_len = 0
+
+
+class NativeLlama:
+    """The Llama forward pass in C: llama.cpp's arithmetic, reading the GGUF file's blocks in place."""
+
+    def __init__(self, cfg: ModelConfig, gguf: GGUFFile, n_threads: int | None = None) -> None:
+        library()
+        self.cfg = cfg
+        self.pool = ThreadPool(n_threads or default_threads())
+        self._keep: list[np.ndarray] = []  # arrays the C structs point into
+        present = {spec.name for spec in check_tensors(gguf, cfg)}
+        layers = (LmLayer * cfg.n_layers)()
+        for i, layer in enumerate(layers):
+            p = f"blk.{i}."
+            layer.attn_norm = self._floats(gguf, p + "attn_norm.weight")
+            layer.ffn_norm = self._floats(gguf, p + "ffn_norm.weight")
+            for field, name in (
+                ("wq", "attn_q"),
+                ("wk", "attn_k"),
+                ("wv", "attn_v"),
+                ("wo", "attn_output"),
+                ("gate", "ffn_gate"),
+                ("up", "ffn_up"),
+                ("down", "ffn_down"),
+            ):
+                setattr(layer, field, self._weight(gguf, f"{p}{name}.weight"))
+            for field, name in (
+                ("bq", "attn_q"),
+                ("bk", "attn_k"),
+                ("bv", "attn_v"),
+                ("bo", "attn_output"),
+                ("bgate", "ffn_gate"),
+                ("bup", "ffn_up"),
+                ("bdown", "ffn_down"),
+            ):
+                bias = f"{p}{name}.bias"
+                setattr(layer, field, self._floats(gguf, bias) if bias in present else None)
+        self._layers = layers
+        out = "output.weight" if "output.weight" in present else "token_embd.weight"
+        self.struct = LmModel(
+            n_layers=cfg.n_layers, dim=cfg.dim, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+            head_dim=cfg.head_dim, ffn_dim=cfg.ffn_dim, n_vocab=cfg.n_vocab, rope_dims=cfg.rope_dims,
+            rms_eps=cfg.rms_eps, rope_base=cfg.rope_base, rope_freq_scale=cfg.rope_freq_scale,
+            attn_scale=1.0 / float(np.sqrt(np.float32(cfg.head_dim))),
+            rope_freqs=self._floats(gguf, "rope_freqs.weight") if "rope_freqs.weight" in present else None,
+            output_norm=self._floats(gguf, "output_norm.weight"),
+            token_embd=self._weight(gguf, "token_embd.weight"), output=self._weight(gguf, out), layers=layers,
+        )  # fmt: skip
+        self._workspace = np.zeros(0, np.uint8)
+
+    def _weight(self, gguf: GGUFFile, name: str) -> LmWeight:
+        info, raw = gguf.tensors[name], gguf.tensor_bytes(name)
+        self._keep.append(raw)
+        # the embedding table is never repacked (llama.cpp also reads it by rows), even as the tied output
+        repacked = info.type in _REPACKED_TYPES and info.shape[0] % 8 == 0 and name != "token_embd.weight"
+        return LmWeight(
+            raw.ctypes.data, int(info.type), info.shape[0], info.shape[1], raw.shape[-1], LM_REPACKED if repacked else 0
+        )
+
+    def _floats(self, gguf: GGUFFile, name: str) -> int:
+        a = np.ascontiguousarray(dequantize(gguf.tensor_bytes(name), gguf.tensors[name].type), dtype=np.float32)
+        self._keep.append(a)
+        return a.ctypes.data
+
+    def new_cache(self, n_ctx: int) -> NativeKVCache:
+        return NativeKVCache(self.cfg, n_ctx)
+
+    def forward(self, tokens, cache: NativeKVCache, all_logits: bool = False) -> np.ndarray:
+        """Run tokens after what the cache holds; logits (T, n_vocab) if all_logits else (1, n_vocab)."""
+        toks = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        n = len(toks)
+        if n == 0:
+            raise LlametteError("forward needs at least one token")
+        if toks.min() < 0 or toks.max() >= self.cfg.n_vocab:
+            bad = int(toks[(toks < 0) | (toks >= self.cfg.n_vocab)][0])
+            raise LlametteError(f"token id {bad} is out of range (the model has {self.cfg.n_vocab} tokens)")
+        pos0 = cache.reserve(n)
+        n_out = n if all_logits else 1
+        lib = library()
+        need = lib.lm_forward_workspace_bytes(self.struct, cache.struct, n, self.pool.n_threads)
+        if self._workspace.nbytes < need:
+            self._workspace = np.zeros(need, np.uint8)
+        logits = np.empty((n_out, self.cfg.n_vocab), np.float32)
+        rc = lib.lm_forward(
+            self.pool.handle,
+            self.struct,
+            cache.struct,
+            toks.ctypes.data,
+            n,
+            pos0,
+            n_out,
+            logits.ctypes.data,
+            self._workspace.ctypes.data,
+            self._workspace.nbytes,
+        )
+        if rc != 0:
+            raise LlametteError(f"native forward failed (code {rc})")
+        cache.seq_len = pos0 + n
+        return logits

@@ -6,7 +6,10 @@
 #include "mm.h"
 
 #include "dot.h"
+#include "mm8.h"
 #include "simd.h"
+
+static void lm_mm_rest(const lm_mm_args *a, int64_t r0, int64_t r1);
 
 static void mm_generic(const lm_mm_args *a, int64_t r0, int64_t r1) {
     const lm_weight *w = a->w;
@@ -164,6 +167,16 @@ static void mm_q4_0_x8(const lm_mm_args *a, int64_t r0, int64_t r1) {
 
 void lm_mm_rows(const lm_mm_args *a, int64_t r0, int64_t r1) {
     if (r1 <= r0) return;
+    const int64_t start = r0;
+    r0 += lm_mm8(a, r0, r1);
+    if (r0 < r1) lm_mm_rest(a, r0, r1);
+    if (a->bias)
+        for (int64_t c = 0; c < a->n; c++)
+            for (int64_t r = start; r < r1; r++) a->y[c * a->y_stride + r] += a->bias[r];
+}
+
+/* rows the 8-row kernels did not take: per-row SIMD kernels or the scalar dot */
+static void lm_mm_rest(const lm_mm_args *a, int64_t r0, int64_t r1) {
 #if LM_AVX2
     switch (a->w->type) {
         case T_Q4_1: mm_q4_1(a, r0, r1); break;
@@ -177,9 +190,7 @@ void lm_mm_rows(const lm_mm_args *a, int64_t r0, int64_t r1) {
 #else
     mm_generic(a, r0, r1);
 #endif
-    if (a->bias)
-        for (int64_t c = 0; c < a->n; c++)
-            for (int64_t r = r0; r < r1; r++) a->y[c * a->y_stride + r] += a->bias[r];
 }
 
-int64_t lm_mm_row_align(const lm_weight *w) { return (w->flags & LM_REPACKED) ? 8 : 1; }
+/* threads take whole groups of 8 rows when the row count allows (the 8-row kernels, llama.cpp's repacks) */
+int64_t lm_mm_row_align(const lm_weight *w) { return w->rows % 8 == 0 ? 8 : 1; }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "common.h"
+#include "simd.h"
 
 /* -- exp and SiLU: ggml_v_expf / ggml_v_silu, AVX-512 variant, one lane at a time ------------------ */
 
@@ -114,6 +115,26 @@ void lm_kv_store_part(const float *k, const float *v, int64_t n_tok, int64_t n_k
  * double. n_zeros_to: the length ggml's operand really has, padded with zero products (llama.cpp pads the
  * KV cache to a multiple of 256), so elements up to it follow the lane pattern, not the tail. */
 static float dot_f16_vec(const lm_half *a, const lm_half *b, int64_t n, int64_t n_zeros_to) {
+#if LM_AVX512
+    {
+        const int64_t np = (n_zeros_to > n ? n_zeros_to : n) & ~(int64_t)63;
+        const int64_t n_lanes = n < np ? n : np;
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int64_t e = 0; e < n_lanes; e += 16) {
+            const int64_t left = n_lanes - e;
+            const __mmask16 m = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1); /* zero past the end */
+            const __m512 x = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, a + e));
+            const __m512 y = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + e));
+            acc[(e & 63) >> 4] = _mm512_fmadd_ps(x, y, acc[(e & 63) >> 4]);
+        }
+        acc[0] = _mm512_add_ps(acc[0], acc[2]);
+        acc[1] = _mm512_add_ps(acc[1], acc[3]);
+        acc[0] = _mm512_add_ps(acc[0], acc[1]);
+        double sum = _mm512_reduce_add_ps(acc[0]);
+        for (int64_t e = n_lanes; e < n; e++) sum += (double)(lm_h2f(a[e]) * lm_h2f(b[e]));
+        return (float)sum;
+    }
+#endif
     float acc[4][16] = {{0}};
     const int64_t np = (n_zeros_to > n ? n_zeros_to : n) & ~(int64_t)63;
     const int64_t n_lanes = n < np ? n : np;
@@ -131,6 +152,18 @@ static float dot_f16_vec(const lm_half *a, const lm_half *b, int64_t n, int64_t 
 }
 
 static float dot_f16_blas(const lm_half *a, const lm_half *b, int64_t n) {
+#if LM_AVX512
+    {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t e = 0; e < n; e += 16) {
+            const int64_t left = n - e;
+            const __mmask16 m = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+            acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, a + e)),
+                                  _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + e)), acc);
+        }
+        return _mm512_reduce_add_ps(acc);
+    }
+#endif
     float acc[16] = {0};
     for (int64_t i = 0; i < n; i++) acc[i % 16] = fmaf(lm_h2f(a[i]), lm_h2f(b[i]), acc[i % 16]);
     return lm_hsum16(acc);
@@ -172,15 +205,29 @@ void lm_attention_part(const float *q, int64_t n_tok, int64_t n_heads, int64_t n
         /* ggml_vec_soft_max_f32: exp in 16-wide chunks, each chunk's sum added in double */
         double sum = 0.0;
         for (int64_t l0 = 0; l0 < n_pad; l0 += 16) {
+#if LM_AVX512
+            const int64_t left = visible - l0;
+            const __mmask16 m = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+            const __m512 val = _mm512_maskz_mov_ps(m, lm_expf16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, w + l0), _mm512_set1_ps(max))));
+            _mm512_storeu_ps(w + l0, val);
+            sum += (double)_mm512_reduce_add_ps(val);
+#else
             float chunk[16];
             for (int l = 0; l < 16; l++) {
                 chunk[l] = l0 + l < visible ? v_expf(w[l0 + l] - max) : 0.0f;
                 w[l0 + l] = chunk[l];
             }
             sum += (double)lm_hsum16(chunk);
+#endif
         }
         const float inv = (float)(1.0 / sum);
+#if LM_AVX512
+        for (int64_t l = 0; l < n_pad; l += 16) {
+            _mm256_storeu_si256((__m256i *)(p16 + l), _mm512_cvtps_ph(_mm512_mul_ps(_mm512_loadu_ps(w + l), _mm512_set1_ps(inv)), 0));
+        }
+#else
         for (int64_t l = 0; l < n_pad; l++) p16[l] = lm_f2h(w[l] * inv);
+#endif
         const lm_half *vh = v_cache + hk * head_dim * capacity;
         float *o = out + (t * n_heads + h) * head_dim;
         for (int64_t d = 0; d < head_dim; d++) {

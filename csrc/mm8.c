@@ -1,0 +1,265 @@
+/* AVX-512 VNNI kernels for the 32-element block formats, 8 weight rows at a time.
+ *
+ * A zmm holds one half-block (16 elements) of 4 rows, so vpdpbusd yields, per row, the integer lane sums
+ * of 4 consecutive elements that ggml's kernels use; every (row, lane) then takes the same fmaf sequence
+ * as the scalar emulation in dot.c, and the final sums follow hsum_float_8's order. Signed weights are
+ * biased to unsigned (+8, +16, +128) and the bias times the activation sum subtracted: exact integers.
+ * Columns share each unpacked weight block. */
+#include "mm8.h"
+
+#include "simd.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512VL__) && LM_AVX2
+
+#define NCOL 4
+
+typedef enum { K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, K_IQ4_NL } kind;
+
+typedef struct {
+    __m512i w[4]; /* rows 0-3 elements 0..15, rows 0-3 16..31, rows 4-7 0..15, rows 4-7 16..31 */
+    __m256 d, m;  /* per row: block scale, block min (q4_1/q5_1) */
+} block8;
+
+static inline __m512i load4x16(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2, const uint8_t *p3) {
+    __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p0));
+    z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)p1), 1);
+    z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)p2), 2);
+    return _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)p3), 3);
+}
+
+/* bit e of the 32-bit qh word of each of 4 rows -> 0x10 in byte (row * 16 + e), for e in half * 16.. */
+static inline __m512i high_bits(const uint8_t *const qh[4], int half) {
+    uint64_t mask = 0;
+    for (int i = 0; i < 4; i++) {
+        uint32_t v;
+        memcpy(&v, qh[i], 4);
+        mask |= (uint64_t)((v >> (16 * half)) & 0xFFFF) << (16 * i);
+    }
+    return _mm512_maskz_mov_epi8(mask, _mm512_set1_epi8(0x10));
+}
+
+static inline __attribute__((always_inline)) void load_block8(kind k, const uint8_t *const rows[8], int64_t b, block8 *o) {
+    uint16_t dh[8], mh[8];
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    for (int g = 0; g < 2; g++) { /* rows 4g .. 4g+3 */
+        const uint8_t *const *r = rows + 4 * g;
+        __m512i lo, hi;
+        if (k == K_Q8_0) {
+            const block_q8_0 *x[4] = {(const block_q8_0 *)r[0] + b, (const block_q8_0 *)r[1] + b,
+                                      (const block_q8_0 *)r[2] + b, (const block_q8_0 *)r[3] + b};
+            lo = load4x16((const uint8_t *)x[0]->qs, (const uint8_t *)x[1]->qs, (const uint8_t *)x[2]->qs,
+                          (const uint8_t *)x[3]->qs);
+            hi = load4x16((const uint8_t *)x[0]->qs + 16, (const uint8_t *)x[1]->qs + 16, (const uint8_t *)x[2]->qs + 16,
+                          (const uint8_t *)x[3]->qs + 16);
+            lo = _mm512_xor_si512(lo, _mm512_set1_epi8((char)0x80)); /* + 128 */
+            hi = _mm512_xor_si512(hi, _mm512_set1_epi8((char)0x80));
+            for (int i = 0; i < 4; i++) dh[4 * g + i] = x[i]->d;
+        } else {
+            const uint8_t *qs[4], *qh[4] = {0};
+            for (int i = 0; i < 4; i++) {
+                switch (k) {
+                    case K_Q4_0: qs[i] = ((const block_q4_0 *)r[i] + b)->qs, dh[4 * g + i] = ((const block_q4_0 *)r[i] + b)->d; break;
+                    case K_IQ4_NL: qs[i] = ((const block_iq4_nl *)r[i] + b)->qs, dh[4 * g + i] = ((const block_iq4_nl *)r[i] + b)->d; break;
+                    case K_Q4_1: {
+                        const block_q4_1 *x = (const block_q4_1 *)r[i] + b;
+                        qs[i] = x->qs, dh[4 * g + i] = x->d, mh[4 * g + i] = x->m;
+                    } break;
+                    case K_Q5_0: {
+                        const block_q5_0 *x = (const block_q5_0 *)r[i] + b;
+                        qs[i] = x->qs, qh[i] = x->qh, dh[4 * g + i] = x->d;
+                    } break;
+                    default: {
+                        const block_q5_1 *x = (const block_q5_1 *)r[i] + b;
+                        qs[i] = x->qs, qh[i] = x->qh, dh[4 * g + i] = x->d, mh[4 * g + i] = x->m;
+                    } break;
+                }
+            }
+            const __m512i raw = load4x16(qs[0], qs[1], qs[2], qs[3]);
+            lo = _mm512_and_si512(raw, low4);
+            hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+            if (k == K_Q5_0 || k == K_Q5_1) {
+                lo = _mm512_or_si512(lo, high_bits(qh, 0));
+                hi = _mm512_or_si512(hi, high_bits(qh, 1));
+            } else if (k == K_IQ4_NL) { /* codebook values, signed: + 128 */
+                const __m512i lut = _mm512_broadcast_i32x4(_mm_xor_si128(
+                    _mm_loadu_si128((const __m128i *)lm_iq4nl_values), _mm_set1_epi8((char)0x80)));
+                lo = _mm512_shuffle_epi8(lut, lo);
+                hi = _mm512_shuffle_epi8(lut, hi);
+            }
+        }
+        o->w[2 * g] = lo;
+        o->w[2 * g + 1] = hi;
+    }
+    o->d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh));
+    if (k == K_Q4_1 || k == K_Q5_1) o->m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh));
+}
+
+/* weight bias (as unsigned bytes) per kind: subtract bias * sum(activation) per lane */
+static inline int bias_of(kind k) {
+    switch (k) {
+        case K_Q4_0: return 8;
+        case K_Q5_0: return 16;
+        case K_Q8_0: case K_IQ4_NL: return 128;
+        default: return 0;
+    }
+}
+
+static const int32_t SPREAD[2][16] = {{0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},
+                                      {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7}};
+
+/* vec_dot semantics: per (row, lane) accumulators, hsum8 at the end */
+static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_args *a, int64_t r) {
+    const lm_weight *w = a->w;
+    const int64_t nb = w->cols / QK;
+    const uint8_t *rows[8];
+    for (int i = 0; i < 8; i++) rows[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
+    const __m512i spread0 = _mm512_loadu_si512(SPREAD[0]), spread1 = _mm512_loadu_si512(SPREAD[1]);
+    const int bias = bias_of(k), has_min = k == K_Q4_1 || k == K_Q5_1;
+    for (int64_t c0 = 0; c0 < a->n; c0 += NCOL) {
+        const int nc = (int)(a->n - c0 < NCOL ? a->n - c0 : NCOL);
+        __m512 acc[NCOL][4];
+        __m256 summs[NCOL];
+        for (int c = 0; c < nc; c++) {
+            for (int j = 0; j < 4; j++) acc[c][j] = _mm512_setzero_ps();
+            summs[c] = _mm256_setzero_ps();
+        }
+        for (int64_t b = 0; b < nb; b++) {
+            block8 blk;
+            load_block8(k, rows, b, &blk);
+            for (int c = 0; c < nc; c++) {
+                const uint8_t *act = a->act + (c0 + c) * a->act_row_bytes;
+                const int8_t *ys;
+                float dy, sy = 0;
+                if (has_min) {
+                    const block_q8_1 *y = (const block_q8_1 *)act + b;
+                    ys = y->qs, dy = lm_h2f(y->d), sy = lm_h2f(y->s);
+                } else {
+                    const block_q8_0 *y = (const block_q8_0 *)act + b;
+                    ys = y->qs, dy = lm_h2f(y->d);
+                }
+                const __m512i ylo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)ys));
+                const __m512i yhi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(ys + 16)));
+                __m512i l[4] = {_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[0], ylo),
+                                _mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[1], yhi),
+                                _mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[2], ylo),
+                                _mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[3], yhi)};
+                if (bias) {
+                    const __m512i bv = _mm512_set1_epi8((char)bias);
+                    const __m512i clo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bv, ylo);
+                    const __m512i chi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bv, yhi);
+                    l[0] = _mm512_sub_epi32(l[0], clo), l[1] = _mm512_sub_epi32(l[1], chi);
+                    l[2] = _mm512_sub_epi32(l[2], clo), l[3] = _mm512_sub_epi32(l[3], chi);
+                }
+                const __m256 dd = _mm256_mul_ps(blk.d, _mm256_set1_ps(dy)); /* dw * dy, per row */
+                const __m512 dd512 = _mm512_castps256_ps512(dd);
+                const __m512 d03 = _mm512_permutexvar_ps(spread0, dd512), d47 = _mm512_permutexvar_ps(spread1, dd512);
+                acc[c][0] = _mm512_fmadd_ps(d03, _mm512_cvtepi32_ps(l[0]), acc[c][0]);
+                acc[c][1] = _mm512_fmadd_ps(d03, _mm512_cvtepi32_ps(l[1]), acc[c][1]);
+                acc[c][2] = _mm512_fmadd_ps(d47, _mm512_cvtepi32_ps(l[2]), acc[c][2]);
+                acc[c][3] = _mm512_fmadd_ps(d47, _mm512_cvtepi32_ps(l[3]), acc[c][3]);
+                if (has_min) summs[c] = _mm256_fmadd_ps(blk.m, _mm256_set1_ps(sy), summs[c]);
+            }
+        }
+        for (int c = 0; c < nc; c++) {
+            float out[8], mins[8];
+            _mm256_storeu_ps(mins, summs[c]);
+            for (int g = 0; g < 2; g++) {
+                /* hsum_float_8 per row: (l0+l4 + l2+l6) + (l1+l5 + l3+l7) */
+                const __m512 s = _mm512_add_ps(acc[c][2 * g + 1], acc[c][2 * g]);
+                const __m512 t = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4E));
+                const __m512 u = _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));
+                float lanes[16];
+                _mm512_storeu_ps(lanes, u);
+                for (int i = 0; i < 4; i++) out[4 * g + i] = lanes[4 * i];
+            }
+            float *y = a->y + (c0 + c) * a->y_stride + r;
+            for (int i = 0; i < 8; i++) y[i] = has_min ? out[i] + mins[i] : out[i];
+        }
+    }
+}
+
+/* llama.cpp's repacked 8x8 semantics (Q4_0, IQ4_NL): one accumulator per output, fmaf(block dot, dw*dy) */
+static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_args *a, int64_t r) {
+    const lm_weight *w = a->w;
+    const int64_t nb = w->cols / QK;
+    const uint8_t *rows[8];
+    for (int i = 0; i < 8; i++) rows[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
+    const int bias = bias_of(k);
+    for (int64_t c0 = 0; c0 < a->n; c0 += NCOL) {
+        const int nc = (int)(a->n - c0 < NCOL ? a->n - c0 : NCOL);
+        __m256 acc[NCOL];
+        for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            block8 blk;
+            load_block8(k, rows, b, &blk);
+            for (int c = 0; c < nc; c++) {
+                const block_q8_0 *y = (const block_q8_0 *)(a->act + (c0 + c) * a->act_row_bytes) + b;
+                const __m512i ylo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)y->qs));
+                const __m512i yhi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(y->qs + 16)));
+                /* per row: all 8 lanes summed (exact integers) */
+                __m512i s03 = _mm512_add_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[0], ylo),
+                                               _mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[1], yhi));
+                __m512i s47 = _mm512_add_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[2], ylo),
+                                               _mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[3], yhi));
+                s03 = _mm512_add_epi32(s03, _mm512_shuffle_epi32(s03, 0x4E));
+                s03 = _mm512_add_epi32(s03, _mm512_shuffle_epi32(s03, 0xB1));
+                s47 = _mm512_add_epi32(s47, _mm512_shuffle_epi32(s47, 0x4E));
+                s47 = _mm512_add_epi32(s47, _mm512_shuffle_epi32(s47, 0xB1));
+                /* every lane of chunk i now holds row i's dot: gather lane 0 of each chunk */
+                int32_t l03[16], l47[16], d8[8];
+                _mm512_storeu_si512(l03, s03);
+                _mm512_storeu_si512(l47, s47);
+                for (int i = 0; i < 4; i++) d8[i] = l03[4 * i], d8[4 + i] = l47[4 * i];
+                __m256i dots = _mm256_loadu_si256((const __m256i *)d8);
+                if (bias) { /* bias * sum(y) over the whole block */
+                    const __m256i yv = _mm256_loadu_si256((const __m256i *)y->qs);
+                    const int corr = lm_hsum_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)bias), yv));
+                    dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(corr));
+                }
+                const __m256 dd = _mm256_mul_ps(blk.d, _mm256_set1_ps(lm_h2f(y->d)));
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), dd, acc[c]);
+            }
+        }
+        for (int c = 0; c < nc; c++) _mm256_storeu_ps(a->y + (c0 + c) * a->y_stride + r, acc[c]);
+    }
+}
+
+/* one instantiation per kind, so the compiler specialises the inlined loops */
+#define KERNELS(name, K)                                                                                  \
+    static void vec_##name(const lm_mm_args *a, int64_t r) { run_vec(K, a, r); }                          \
+    static void x8_##name(const lm_mm_args *a, int64_t r) { run_x8(K, a, r); }
+KERNELS(q4_0, K_Q4_0)
+KERNELS(q4_1, K_Q4_1)
+KERNELS(q5_0, K_Q5_0)
+KERNELS(q5_1, K_Q5_1)
+KERNELS(q8_0, K_Q8_0)
+KERNELS(iq4_nl, K_IQ4_NL)
+
+int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1) {
+    kind k;
+    switch (a->w->type) {
+        case T_Q4_0: k = K_Q4_0; break;
+        case T_Q4_1: k = K_Q4_1; break;
+        case T_Q5_0: k = K_Q5_0; break;
+        case T_Q5_1: k = K_Q5_1; break;
+        case T_Q8_0: k = K_Q8_0; break;
+        case T_IQ4_NL: k = K_IQ4_NL; break;
+        default: return 0;
+    }
+    const int repacked = (a->w->flags & LM_REPACKED) && (k == K_Q4_0 || k == K_IQ4_NL);
+    /* one IQ4_NL column: ggml_vec_dot splits even and odd blocks (dot.c); batches use tinyBLAS's plain order */
+    if (k == K_IQ4_NL && !repacked && a->n < 2) return 0;
+    void (*const vec[])(const lm_mm_args *, int64_t) = {vec_q4_0, vec_q4_1, vec_q5_0, vec_q5_1, vec_q8_0, vec_iq4_nl};
+    void (*const x8[])(const lm_mm_args *, int64_t) = {x8_q4_0, x8_q4_1, x8_q5_0, x8_q5_1, x8_q8_0, x8_iq4_nl};
+    void (*const run)(const lm_mm_args *, int64_t) = repacked ? x8[k] : vec[k];
+    int64_t r = r0;
+    for (; r + 8 <= r1; r += 8) run(a, r);
+    return (int)(r - r0);
+}
+
+#else
+int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1) {
+    (void)a, (void)r0, (void)r1;
+    return 0;
+}
+#endif

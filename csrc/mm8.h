@@ -1,0 +1,10 @@
+/* AVX-512 VNNI kernels for the 32-element block formats, 8 weight rows at a time (see mm8.c). */
+#ifndef LLAMETTE_MM8_H
+#define LLAMETTE_MM8_H
+
+#include "mm.h"
+
+/* computes rows r0.. in groups of 8 while it can; returns how many rows it did (0: not for this type/CPU) */
+int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1);
+
+#endif

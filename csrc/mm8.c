@@ -7,6 +7,8 @@
  * Columns share each unpacked weight block. */
 #include "mm8.h"
 
+#include <stdlib.h>
+
 #include "simd.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512VL__) && LM_AVX2
@@ -107,8 +109,26 @@ static inline int bias_of(kind k) {
 static const int32_t SPREAD[2][16] = {{0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},
                                       {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7}};
 
+/* bias * (the sum of elements 4j..4j+3) of every activation block, lanes j = 0..7: computed once per call
+ * instead of once per 8 rows */
+static int32_t *bias_terms(kind k, const lm_mm_args *a, int64_t nb) {
+    const int bias = bias_of(k);
+    if (!bias) return NULL;
+    int32_t *corr = malloc((size_t)(a->n * nb * 8) * sizeof(int32_t));
+    if (!corr) return NULL;
+    for (int64_t c = 0; c < a->n; c++) {
+        const block_q8_0 *y = (const block_q8_0 *)(a->act + c * a->act_row_bytes);
+        for (int64_t b = 0; b < nb; b++)
+            for (int j = 0; j < 8; j++) {
+                const int8_t *q = y[b].qs + 4 * j;
+                corr[(c * nb + b) * 8 + j] = bias * (q[0] + q[1] + q[2] + q[3]);
+            }
+    }
+    return corr;
+}
+
 /* vec_dot semantics: per (row, lane) accumulators, hsum8 at the end */
-static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_args *a, int64_t r) {
+static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_args *a, int64_t r, const int32_t *corr) {
     const lm_weight *w = a->w;
     const int64_t nb = w->cols / QK;
     const uint8_t *rows[8];
@@ -144,9 +164,9 @@ static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_ar
                                 _mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[2], ylo),
                                 _mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[3], yhi)};
                 if (bias) {
-                    const __m512i bv = _mm512_set1_epi8((char)bias);
-                    const __m512i clo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bv, ylo);
-                    const __m512i chi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bv, yhi);
+                    const int32_t *cb = corr + ((c0 + c) * nb + b) * 8;
+                    const __m512i clo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)cb));
+                    const __m512i chi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(cb + 4)));
                     l[0] = _mm512_sub_epi32(l[0], clo), l[1] = _mm512_sub_epi32(l[1], chi);
                     l[2] = _mm512_sub_epi32(l[2], clo), l[3] = _mm512_sub_epi32(l[3], chi);
                 }
@@ -179,7 +199,7 @@ static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_ar
 }
 
 /* llama.cpp's repacked 8x8 semantics (Q4_0, IQ4_NL): one accumulator per output, fmaf(block dot, dw*dy) */
-static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_args *a, int64_t r) {
+static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_args *a, int64_t r, const int32_t *corr) {
     const lm_weight *w = a->w;
     const int64_t nb = w->cols / QK;
     const uint8_t *rows[8];
@@ -212,9 +232,9 @@ static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_arg
                 for (int i = 0; i < 4; i++) d8[i] = l03[4 * i], d8[4 + i] = l47[4 * i];
                 __m256i dots = _mm256_loadu_si256((const __m256i *)d8);
                 if (bias) { /* bias * sum(y) over the whole block */
-                    const __m256i yv = _mm256_loadu_si256((const __m256i *)y->qs);
-                    const int corr = lm_hsum_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)bias), yv));
-                    dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(corr));
+                    const int32_t *cb = corr + ((c0 + c) * nb + b) * 8;
+                    const int total = cb[0] + cb[1] + cb[2] + cb[3] + cb[4] + cb[5] + cb[6] + cb[7];
+                    dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(total));
                 }
                 const __m256 dd = _mm256_mul_ps(blk.d, _mm256_set1_ps(lm_h2f(y->d)));
                 acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), dd, acc[c]);
@@ -226,8 +246,8 @@ static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_arg
 
 /* one instantiation per kind, so the compiler specialises the inlined loops */
 #define KERNELS(name, K)                                                                                  \
-    static void vec_##name(const lm_mm_args *a, int64_t r) { run_vec(K, a, r); }                          \
-    static void x8_##name(const lm_mm_args *a, int64_t r) { run_x8(K, a, r); }
+    static void vec_##name(const lm_mm_args *a, int64_t r, const int32_t *c) { run_vec(K, a, r, c); }     \
+    static void x8_##name(const lm_mm_args *a, int64_t r, const int32_t *c) { run_x8(K, a, r, c); }
 KERNELS(q4_0, K_Q4_0)
 KERNELS(q4_1, K_Q4_1)
 KERNELS(q5_0, K_Q5_0)
@@ -249,11 +269,16 @@ int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1) {
     const int repacked = (a->w->flags & LM_REPACKED) && (k == K_Q4_0 || k == K_IQ4_NL);
     /* one IQ4_NL column: ggml_vec_dot splits even and odd blocks (dot.c); batches use tinyBLAS's plain order */
     if (k == K_IQ4_NL && !repacked && a->n < 2) return 0;
-    void (*const vec[])(const lm_mm_args *, int64_t) = {vec_q4_0, vec_q4_1, vec_q5_0, vec_q5_1, vec_q8_0, vec_iq4_nl};
-    void (*const x8[])(const lm_mm_args *, int64_t) = {x8_q4_0, x8_q4_1, x8_q5_0, x8_q5_1, x8_q8_0, x8_iq4_nl};
-    void (*const run)(const lm_mm_args *, int64_t) = repacked ? x8[k] : vec[k];
+    typedef void (*runner)(const lm_mm_args *, int64_t, const int32_t *);
+    const runner vec[] = {vec_q4_0, vec_q4_1, vec_q5_0, vec_q5_1, vec_q8_0, vec_iq4_nl};
+    const runner x8[] = {x8_q4_0, x8_q4_1, x8_q5_0, x8_q5_1, x8_q8_0, x8_iq4_nl};
+    const runner run = repacked ? x8[k] : vec[k];
+    if (r1 - r0 < 8) return 0;
+    int32_t *corr = bias_terms(k, a, a->w->cols / QK);
+    if (bias_of(k) && !corr) return 0; /* out of memory: the per-row kernels take over */
     int64_t r = r0;
-    for (; r + 8 <= r1; r += 8) run(a, r);
+    for (; r + 8 <= r1; r += 8) run(a, r, corr);
+    free(corr);
     return (int)(r - r0);
 }
 

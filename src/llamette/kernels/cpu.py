@@ -75,6 +75,9 @@ class LmKV(ctypes.Structure):
 
 
 def _library_path() -> Path | None:
+    override = os.environ.get("LLAMETTE_NATIVE_LIB")  # a development build of csrc/ to use instead
+    if override:
+        return Path(override)
     here = Path(__file__).resolve().parent.parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"_native{suffix}"
@@ -318,6 +321,10 @@ class NativeLlama:
         a = np.ascontiguousarray(dequantize(gguf.tensor_bytes(name), gguf.tensors[name].type), dtype=np.float32)
         self._keep.append(a)
         return a.ctypes.data
+
+    @property
+    def n_threads(self) -> int:
+        return self.pool.n_threads
 
     def new_cache(self, n_ctx: int) -> NativeKVCache:
         return NativeKVCache(self.cfg, n_ctx)

@@ -8,7 +8,7 @@
 
 #include "threads.h"
 
-#define LM_ABI_VERSION 1
+#define LM_ABI_VERSION 2
 
 int lm_abi_version(void);
 const char *lm_build_info(void);
@@ -26,8 +26,9 @@ void lm_quantize_q8_1(const float *x, void *y, int64_t n);
 void lm_quantize_q8_K(const float *x, void *y, int64_t n);
 float lm_vec_dot(int wtype, int64_t k, const void *w, const void *act);
 
-/* y (n_cols x rows) = x (n_cols x k) . W^T, W (rows x k) in its GGUF block layout */
-int lm_matmul(lm_pool *pool, int wtype, const void *w, int64_t rows, int64_t k, const float *x, int64_t n_cols,
-              float *y);
+/* y (n_cols x rows) = x (n_cols x k) . W^T, W (rows x k) in its GGUF block layout; flags as lm_weight.flags
+ * (LM_REPACKED: compute as llama.cpp does for its 8-row repacked layout; needs rows % 8 == 0) */
+int lm_matmul(lm_pool *pool, int wtype, int64_t flags, const void *w, int64_t rows, int64_t k, const float *x,
+              int64_t n_cols, float *y);
 
 #endif

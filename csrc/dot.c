@@ -158,183 +158,6 @@ static float dot_f16(int n, const void *vw, const void *vx) {
     return lm_hsum16(acc);
 }
 
-/* -- K-quants: 256-element super-blocks against q8_K (ggml's AVX2 kernels) -----------------------------
- * Within a super-block everything is integer: lane k sums, over the 8 groups of 32 elements, the group's
- * scale times the products of elements 4k..4k+3 (maddubs + madd). Each type then folds the lanes into
- * float accumulators its own way. */
-
-static inline void k_lanes(const int8_t *q, const int8_t *q8, const int scale16[16], int32_t lanes[8]) {
-    for (int k = 0; k < 8; k++) lanes[k] = 0;
-    for (int g = 0; g < 8; g++) {
-        const int8_t *qg = q + 32 * g, *yg = q8 + 32 * g;
-        for (int k = 0; k < 8; k++) {
-            const int e = 4 * k;
-            const int sum = qg[e] * yg[e] + qg[e + 1] * yg[e + 1] + qg[e + 2] * yg[e + 2] + qg[e + 3] * yg[e + 3];
-            lanes[k] += scale16[(32 * g + e) / 16] * sum;
-        }
-    }
-}
-
-static void unpack_scales_k4(const uint8_t *packed, int scale16[16], int mins[8]) {
-    for (int j = 0; j < 8; j++) {
-        uint8_t sc, m;
-        scale_min_k4(j, packed, &sc, &m);
-        scale16[2 * j] = scale16[2 * j + 1] = sc;
-        mins[j] = m;
-    }
-}
-
-static float dot_q2_K(int n, const void *vx, const void *vy) {
-    const block_q2_K *x = vx;
-    const block_q8_K *y = vy;
-    float acc[8] = {0};
-    int8_t q[QK_K];
-    int scale16[16];
-    int32_t lanes[8];
-    for (int i = 0; i < n / QK_K; i++) {
-        const float d = y[i].d * lm_h2f(x[i].d), dmin = -y[i].d * lm_h2f(x[i].dmin);
-        for (int k = 0; k < 8; k++) {
-            const int m0 = x[i].scales[2 * k] >> 4, m1 = x[i].scales[2 * k + 1] >> 4;
-            acc[k] = fmaf(dmin, (float)(m0 * y[i].bsums[2 * k] + m1 * y[i].bsums[2 * k + 1]), acc[k]);
-        }
-        for (int j = 0; j < 16; j++) scale16[j] = x[i].scales[j] & 0xF;
-        for (int c = 0; c < 2; c++)
-            for (int shift = 0; shift < 8; shift += 2)
-                for (int l = 0; l < 32; l++) q[128 * c + 16 * shift + l] = (int8_t)((x[i].qs[32 * c + l] >> shift) & 3);
-        k_lanes(q, y[i].qs, scale16, lanes);
-        fold(acc, d, lanes);
-    }
-    return lm_hsum8(acc);
-}
-
-static float dot_q3_K(int n, const void *vx, const void *vy) {
-    const block_q3_K *x = vx;
-    const block_q8_K *y = vy;
-    float acc[8] = {0};
-    int8_t q[QK_K], sc8[16];
-    int scale16[16];
-    int32_t lanes[8];
-    for (int i = 0; i < n / QK_K; i++) {
-        const float d = y[i].d * lm_h2f(x[i].d);
-        for (int j = 0; j < 16; j++) {
-            const int lo = (j < 8 ? x[i].scales[j] : x[i].scales[j - 8] >> 4) & 0x0F;
-            const int hi = (x[i].scales[8 + j % 4] >> (2 * (j / 4))) & 3;
-            sc8[j] = (int8_t)((lo | (hi << 4)) - 32);
-            scale16[j] = sc8[j];
-        }
-        for (int c = 0; c < 2; c++)
-            for (int shift = 0; shift < 4; shift++)
-                for (int l = 0; l < 32; l++) {
-                    const int low = (x[i].qs[32 * c + l] >> (2 * shift)) & 3;
-                    const int high = (x[i].hmask[l] >> (4 * c + shift)) & 1;
-                    q[128 * c + 32 * shift + l] = (int8_t)(low - (high ? 0 : 4));
-                }
-        k_lanes(q, y[i].qs, scale16, lanes);
-        fold(acc, d, lanes);
-    }
-    return lm_hsum8(acc);
-}
-
-static float dot_q4_K(int n, const void *vx, const void *vy) {
-    const block_q4_K *x = vx;
-    const block_q8_K *y = vy;
-    float acc[8] = {0}, acc_m[4] = {0};
-    int8_t q[QK_K];
-    int scale16[16], mins[8];
-    int32_t lanes[8];
-    for (int i = 0; i < n / QK_K; i++) {
-        const float d = y[i].d * lm_h2f(x[i].d), dmin = -y[i].d * lm_h2f(x[i].dmin);
-        unpack_scales_k4(x[i].scales, scale16, mins);
-        for (int k = 0; k < 4; k++) { /* hadd of the 16 bsums, then madd with the mins: 4 lanes */
-            const int s0 = y[i].bsums[4 * k] + y[i].bsums[4 * k + 1], s1 = y[i].bsums[4 * k + 2] + y[i].bsums[4 * k + 3];
-            acc_m[k] = fmaf(dmin, (float)(mins[2 * k] * s0 + mins[2 * k + 1] * s1), acc_m[k]);
-        }
-        for (int j = 0; j < 4; j++)
-            for (int l = 0; l < 32; l++) {
-                q[64 * j + l] = (int8_t)(x[i].qs[32 * j + l] & 0xF);
-                q[64 * j + 32 + l] = (int8_t)(x[i].qs[32 * j + l] >> 4);
-            }
-        k_lanes(q, y[i].qs, scale16, lanes);
-        fold(acc, d, lanes);
-    }
-    return lm_hsum8(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]));
-}
-
-static float dot_q5_K(int n, const void *vx, const void *vy) {
-    const block_q5_K *x = vx;
-    const block_q8_K *y = vy;
-    float acc[8] = {0}, summs = 0.0f;
-    int8_t q[QK_K];
-    int scale16[16], mins[8];
-    int32_t lanes[8];
-    for (int i = 0; i < n / QK_K; i++) {
-        const float d = y[i].d * lm_h2f(x[i].d), dmin = -y[i].d * lm_h2f(x[i].dmin);
-        unpack_scales_k4(x[i].scales, scale16, mins);
-        int total = 0;
-        for (int j = 0; j < 8; j++) total += mins[j] * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
-        summs = fmaf(dmin, (float)total, summs);
-        for (int j = 0; j < 4; j++)
-            for (int l = 0; l < 32; l++) {
-                const int h0 = (x[i].qh[l] >> (2 * j)) & 1, h1 = (x[i].qh[l] >> (2 * j + 1)) & 1;
-                q[64 * j + l] = (int8_t)((x[i].qs[32 * j + l] & 0xF) | (h0 << 4));
-                q[64 * j + 32 + l] = (int8_t)((x[i].qs[32 * j + l] >> 4) | (h1 << 4));
-            }
-        k_lanes(q, y[i].qs, scale16, lanes);
-        fold(acc, d, lanes);
-    }
-    return lm_hsum8(acc) + summs;
-}
-
-static float dot_q6_K(int n, const void *vx, const void *vy) {
-    const block_q6_K *x = vx;
-    const block_q8_K *y = vy;
-    float acc[8] = {0};
-    int8_t q[QK_K];
-    int scale16[16];
-    int32_t lanes[8];
-    for (int i = 0; i < n / QK_K; i++) {
-        const float d = y[i].d * lm_h2f(x[i].d);
-        for (int j = 0; j < 16; j++) scale16[j] = x[i].scales[j];
-        for (int c = 0; c < 2; c++) { /* 6-bit values 0..63: the -32 is subtracted per lane below */
-            const uint8_t *ql = x[i].ql + 64 * c, *qh = x[i].qh + 32 * c;
-            for (int l = 0; l < 32; l++) {
-                q[128 * c + l] = (int8_t)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4));
-                q[128 * c + 32 + l] = (int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
-                q[128 * c + 64 + l] = (int8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
-                q[128 * c + 96 + l] = (int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
-            }
-        }
-        k_lanes(q, y[i].qs, scale16, lanes);
-        for (int k = 0; k < 8; k++) {
-            lanes[k] -= 32 * (y[i].bsums[2 * k] * scale16[2 * k] + y[i].bsums[2 * k + 1] * scale16[2 * k + 1]);
-        }
-        fold(acc, d, lanes);
-    }
-    return lm_hsum8(acc);
-}
-
-static float dot_iq4_xs(int n, const void *vx, const void *vy) {
-    const block_iq4_xs *x = vx;
-    const block_q8_K *y = vy;
-    float acc[8] = {0};
-    int8_t q[QK_K];
-    int scale16[16];
-    int32_t lanes[8];
-    for (int i = 0; i < n / QK_K; i++) {
-        for (int ib = 0; ib < 8; ib++) {
-            const int ls = ((x[i].scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((x[i].scales_h >> 2 * ib) & 3) << 4);
-            scale16[2 * ib] = scale16[2 * ib + 1] = ls - 32;
-            for (int j = 0; j < 16; j++) {
-                q[32 * ib + j] = lm_iq4nl_values[x[i].qs[16 * ib + j] & 0xF];
-                q[32 * ib + 16 + j] = lm_iq4nl_values[x[i].qs[16 * ib + j] >> 4];
-            }
-        }
-        k_lanes(q, y[i].qs, scale16, lanes);
-        fold(acc, lm_h2f(x[i].d) * y[i].d, lanes);
-    }
-    return lm_hsum8(acc);
-}
-
 /* One column goes through ggml_vec_dot_f32/_f16 instead: 4 x 16 lanes over 64-element steps, added
  * pairwise (0+2, 1+3, then 0+1), reduced; the tail past the last full step follows (f32: fused into a
  * float sum, f16: summed in double). */
@@ -440,10 +263,26 @@ static float dot_q4_0_x8(int n, const void *vx, const void *vy) {
     return acc;
 }
 
+/* IQ4_NL in the repacked 8x8 layout: the same, with the non-linear values */
+static float dot_iq4_nl_x8(int n, const void *vx, const void *vy) {
+    const block_iq4_nl *x = vx;
+    const block_q8_0 *y = vy;
+    float acc = 0.0f;
+    for (int b = 0; b < n / QK; b++) {
+        int sum = 0;
+        for (int j = 0; j < 16; j++) {
+            sum += lm_iq4nl_values[x[b].qs[j] & 0x0F] * y[b].qs[j] + lm_iq4nl_values[x[b].qs[j] >> 4] * y[b].qs[j + 16];
+        }
+        acc = fmaf((float)sum, lm_h2f(x[b].d) * lm_h2f(y[b].d), acc);
+    }
+    return acc;
+}
+
 lm_dot_fn lm_dot_kernel_for(int wtype, int64_t flags, int64_t rows, int64_t k, int64_t n_cols) {
     if (flags & 1) { /* LM_REPACKED */
         switch (wtype) {
             case T_Q4_0: return dot_q4_0_x8;
+            case T_IQ4_NL: return dot_iq4_nl_x8;
             default: break;
         }
     }
@@ -458,6 +297,7 @@ lm_dot_fn lm_dot_kernel_for(int wtype, int64_t flags, int64_t rows, int64_t k, i
     }
 }
 
+/* K-quants and IQ4_XS: kquant.c */
 lm_dot_fn lm_dot_kernel(int wtype) {
     switch (wtype) {
         case T_Q4_0: return dot_q4_0;
@@ -466,12 +306,6 @@ lm_dot_fn lm_dot_kernel(int wtype) {
         case T_Q5_1: return dot_q5_1;
         case T_Q8_0: return dot_q8_0;
         case T_IQ4_NL: return dot_iq4_nl;
-        case T_Q2_K: return dot_q2_K;
-        case T_Q3_K: return dot_q3_K;
-        case T_Q4_K: return dot_q4_K;
-        case T_Q5_K: return dot_q5_K;
-        case T_Q6_K: return dot_q6_K;
-        case T_IQ4_XS: return dot_iq4_xs;
         case T_F32: return dot_f32;
         case T_F16: return dot_f16;
         case T_BF16: return dot_bf16;

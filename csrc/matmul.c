@@ -5,6 +5,9 @@
 #include "api.h"
 #include "common.h"
 #include "dot.h"
+#include "forward.h"
+#include "kquant.h"
+#include "mm.h"
 
 int64_t lm_act_row_bytes(int wtype, int64_t k) {
     int bytes;
@@ -25,44 +28,39 @@ int lm_quantize_act(int wtype, const float *x, void *y, int64_t k) {
 }
 
 float lm_vec_dot(int wtype, int64_t k, const void *w, const void *act) {
+    if (lm_is_kquant(wtype)) return lm_kquant_vec_dot(wtype, k, w, act);
     lm_dot_fn dot = lm_dot_kernel(wtype);
     return dot ? dot((int)k, w, act) : NAN;
 }
 
 typedef struct {
     lm_pool *pool;
-    lm_dot_fn dot;
-    int wtype;
-    const uint8_t *w;
-    int64_t rows, k, n_cols, w_row_bytes, act_row_bytes;
+    lm_weight w;
     const float *x;
     uint8_t *act;
+    int64_t n_cols, act_row_bytes;
     float *y;
 } matmul_task;
 
 static void matmul_run(void *p, int ith, int nth) {
     matmul_task *t = p;
-    long c0, c1, r0, r1;
+    long c0, c1, g0, g1;
     lm_split(t->n_cols, ith, nth, &c0, &c1);
-    for (long c = c0; c < c1; c++) lm_quantize_act(t->wtype, t->x + c * t->k, t->act + c * t->act_row_bytes, t->k);
+    for (long c = c0; c < c1; c++) lm_quantize_act((int)t->w.type, t->x + c * t->w.cols, t->act + c * t->act_row_bytes, t->w.cols);
     lm_barrier(t->pool);
-    lm_split(t->rows, ith, nth, &r0, &r1);
-    for (long r = r0; r < r1; r++) {
-        const uint8_t *wr = t->w + r * t->w_row_bytes;
-        for (long c = 0; c < t->n_cols; c++) {
-            t->y[c * t->rows + r] = t->dot((int)t->k, wr, t->act + c * t->act_row_bytes);
-        }
-    }
+    const int64_t align = lm_mm_row_align(&t->w);
+    lm_split(t->w.rows / align, ith, nth, &g0, &g1);
+    const lm_mm_args args = {&t->w, t->act, t->act_row_bytes, t->n_cols, t->y, t->w.rows, NULL};
+    lm_mm_rows(&args, g0 * align, g1 * align);
 }
 
-int lm_matmul(lm_pool *pool, int wtype, const void *w, int64_t rows, int64_t k, const float *x, int64_t n_cols,
-              float *y) {
+int lm_matmul(lm_pool *pool, int wtype, int64_t flags, const void *w, int64_t rows, int64_t k, const float *x,
+              int64_t n_cols, float *y) {
     int block_bytes;
     const int qk = lm_block_size(wtype, &block_bytes);
-    lm_dot_fn dot = lm_dot_kernel_for(wtype, 0, rows, k, n_cols);
-    if (!qk || !dot || k % qk) return -1;
-    matmul_task t = {pool, dot, wtype, w, rows, k, n_cols, k / qk * block_bytes, lm_act_row_bytes(wtype, k), x,
-                     NULL, y};
+    if (!qk || !(lm_dot_kernel(wtype) || lm_is_kquant(wtype)) || k % qk || rows <= 0 || n_cols <= 0) return -1;
+    if ((flags & LM_REPACKED) && rows % 8) return -1;
+    matmul_task t = {pool, {w, wtype, rows, k, k / qk * block_bytes, flags}, x, NULL, n_cols, lm_act_row_bytes(wtype, k), y};
     t.act = malloc((size_t)(t.act_row_bytes * n_cols));
     if (!t.act) return -2;
     lm_pool_run(pool, matmul_run, &t);

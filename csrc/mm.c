@@ -6,6 +6,7 @@
 #include "mm.h"
 
 #include "dot.h"
+#include "kquant.h"
 #include "mm8.h"
 #include "simd.h"
 
@@ -168,8 +169,12 @@ static void mm_q4_0_x8(const lm_mm_args *a, int64_t r0, int64_t r1) {
 void lm_mm_rows(const lm_mm_args *a, int64_t r0, int64_t r1) {
     if (r1 <= r0) return;
     const int64_t start = r0;
-    r0 += lm_mm8(a, r0, r1);
-    if (r0 < r1) lm_mm_rest(a, r0, r1);
+    if (lm_is_kquant((int)a->w->type)) {
+        lm_mm_kquant(a, r0, r1);
+    } else {
+        r0 += lm_mm8(a, r0, r1);
+        if (r0 < r1) lm_mm_rest(a, r0, r1);
+    }
     if (a->bias)
         for (int64_t c = 0; c < a->n; c++)
             for (int64_t r = start; r < r1; r++) a->y[c * a->y_stride + r] += a->bias[r];

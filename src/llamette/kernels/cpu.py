@@ -23,7 +23,7 @@ from llamette.model.config import ModelConfig
 from llamette.model.weights import check_tensors
 from llamette.quant import dequantize
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 class NativeUnavailable(LlametteError):
@@ -34,9 +34,10 @@ class NativeUnavailable(LlametteError):
 
 
 LM_REPACKED = 1
-# llama.cpp (AVX2+ x86) repacks these weight types into 8-row interleaved blocks when rows % 8 == 0, and
-# their kernels round differently: the native kernels follow whichever llama.cpp would run
-_REPACKED_TYPES = {GGMLType.Q4_0}
+# llama.cpp (x86 with AVX2; Q2_K needs AVX-512) repacks these weight types into 8-row interleaved blocks when
+# rows % 8 == 0, and their kernels round differently: the native kernels compute what llama.cpp's would,
+# reading the GGUF layout in place (nothing is repacked here)
+REPACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.IQ4_NL, GGMLType.Q4_K, GGMLType.Q2_K})
 
 
 class LmWeight(ctypes.Structure):
@@ -107,7 +108,7 @@ def library() -> ctypes.CDLL:
         "lm_act_row_bytes": (c_int64, [c_int, c_int64]),
         "lm_quantize_act": (c_int, [c_int, c_void_p, c_void_p, c_int64]),
         "lm_vec_dot": (c_float, [c_int, c_int64, c_void_p, c_void_p]),
-        "lm_matmul": (c_int, [c_void_p, c_int, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p]),
+        "lm_matmul": (c_int, [c_void_p, c_int, c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p]),
         "lm_forward_workspace_bytes": (c_size_t, [POINTER(LmModel), POINTER(LmKV), c_int64, c_int]),
         "lm_forward": (
             c_int,
@@ -191,8 +192,9 @@ def quantize_activations(wtype: int, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def matmul(pool: ThreadPool, wtype: int, w: np.ndarray, k: int, x: np.ndarray) -> np.ndarray:
-    """x (n, k) float32 times W^T, W (rows, bytes per row) in its GGUF block layout -> (n, rows) float32."""
+def matmul(pool: ThreadPool, wtype: int, w: np.ndarray, k: int, x: np.ndarray, repacked: bool = False) -> np.ndarray:
+    """x (n, k) float32 times W^T, W (rows, bytes per row) in its GGUF block layout -> (n, rows) float32.
+    repacked: round as llama.cpp's 8-row repacked kernels do (REPACKED_TYPES, rows % 8 == 0)."""
     lib = library()
     block = c_int()
     qk = lib.lm_block_size(int(wtype), ctypes.byref(block))
@@ -200,8 +202,11 @@ def matmul(pool: ThreadPool, wtype: int, w: np.ndarray, k: int, x: np.ndarray) -
     x = np.ascontiguousarray(x, dtype=np.float32)
     if qk == 0 or k % qk or w.shape[1] != k // qk * block.value or x.shape[1] != k:
         raise LlametteError(f"matmul: shapes do not fit (type {wtype}, k {k}, weight {w.shape}, x {x.shape})")
+    if repacked and (wtype not in REPACKED_TYPES or w.shape[0] % 8):
+        raise LlametteError(f"matmul: type {wtype} with {w.shape[0]} rows has no repacked layout")
     y = np.empty((x.shape[0], w.shape[0]), np.float32)
-    if lib.lm_matmul(pool.handle, int(wtype), w.ctypes.data, w.shape[0], k, x.ctypes.data, x.shape[0], y.ctypes.data):
+    flags = LM_REPACKED if repacked else 0
+    if lib.lm_matmul(pool.handle, int(wtype), flags, w.ctypes.data, w.shape[0], k, x.ctypes.data, x.shape[0], y.ctypes.data):
         raise LlametteError(f"matmul failed for type {wtype}")
     return y
 
@@ -312,7 +317,7 @@ class NativeLlama:
         info, raw = gguf.tensors[name], gguf.tensor_bytes(name)
         self._keep.append(raw)
         # the embedding table is never repacked (llama.cpp also reads it by rows), even as the tied output
-        repacked = info.type in _REPACKED_TYPES and info.shape[0] % 8 == 0 and name != "token_embd.weight"
+        repacked = info.type in REPACKED_TYPES and info.shape[0] % 8 == 0 and name != "token_embd.weight"
         return LmWeight(
             raw.ctypes.data, int(info.type), info.shape[0], info.shape[1], raw.shape[-1], LM_REPACKED if repacked else 0
         )

@@ -192,6 +192,20 @@ def quantize_activations(wtype: int, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def dequantize_rows(wtype: int, raw: np.ndarray, k: int) -> np.ndarray:
+    """Rows of a GGUF tensor (rows, bytes per row) -> (rows, k) float32, as the embedding lookup reads them."""
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    block = c_int()
+    qk = library().lm_block_size(int(wtype), ctypes.byref(block))
+    if qk == 0 or k % qk or raw.shape[1] != k // qk * block.value:
+        raise LlametteError(f"dequantize_rows: shapes do not fit (type {wtype}, k {k}, rows {raw.shape})")
+    out = np.empty((raw.shape[0], k), np.float32)
+    for i in range(raw.shape[0]):
+        if library().lm_dequantize_row(int(wtype), raw[i].ctypes.data, out[i].ctypes.data, k):
+            raise LlametteError(f"dequantize_rows: type {wtype} not supported")
+    return out
+
+
 def matmul(pool: ThreadPool, wtype: int, w: np.ndarray, k: int, x: np.ndarray, repacked: bool = False) -> np.ndarray:
     """x (n, k) float32 times W^T, W (rows, bytes per row) in its GGUF block layout -> (n, rows) float32.
     repacked: round as llama.cpp's 8-row repacked kernels do (REPACKED_TYPES, rows % 8 == 0)."""
@@ -206,7 +220,9 @@ def matmul(pool: ThreadPool, wtype: int, w: np.ndarray, k: int, x: np.ndarray, r
         raise LlametteError(f"matmul: type {wtype} with {w.shape[0]} rows has no repacked layout")
     y = np.empty((x.shape[0], w.shape[0]), np.float32)
     flags = LM_REPACKED if repacked else 0
-    if lib.lm_matmul(pool.handle, int(wtype), flags, w.ctypes.data, w.shape[0], k, x.ctypes.data, x.shape[0], y.ctypes.data):
+    rc = lib.lm_matmul(pool.handle, int(wtype), flags, w.ctypes.data, w.shape[0], k, x.ctypes.data, x.shape[0],
+                       y.ctypes.data)  # fmt: skip
+    if rc:
         raise LlametteError(f"matmul failed for type {wtype}")
     return y
 
@@ -271,7 +287,7 @@ class NativeLlama:
     def __init__(self, cfg: ModelConfig, gguf: GGUFFile, n_threads: int | None = None) -> None:
         library()
         self.cfg = cfg
-        self.pool = ThreadPool(n_threads or default_threads())
+        self.pool = ThreadPool(default_threads() if n_threads is None else n_threads)
         self._keep: list[np.ndarray] = []  # arrays the C structs point into
         present = {spec.name for spec in check_tensors(gguf, cfg)}
         layers = (LmLayer * cfg.n_layers)()

@@ -1,0 +1,94 @@
+"""The native forward pass (backend "cpu", the default) against llama.cpp's logits, and its KV cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TINY, TINY_MANIFEST, TINY_TYPES, tiny_path
+
+from llamette.errors import ContextFullError, LlametteError
+from llamette.kernels import cpu
+from llamette.loader import load as load_any
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="native library not built")
+
+TOKENS = TINY_MANIFEST["tokens"]
+# the acceptance bound; the kernels follow llama.cpp's arithmetic, so on x86 they land at 0 exactly
+LOGITS_TOLERANCE = 0.005
+
+
+def load(path, **kw):
+    return load_any(path, backend="cpu", **kw)
+
+
+def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+
+
+@pytest.mark.parametrize("qtype", TINY_TYPES)
+def test_tiny_logits_match_llama_cpp(qtype: str) -> None:
+    model = load(tiny_path(qtype), n_threads=2)
+    logits = model.net.forward(TOKENS, model.new_cache(64), all_logits=True)
+    ref = np.load(TINY / TINY_MANIFEST["models"][qtype]["logits"])
+    assert logits.shape == ref.shape == (32, 512)
+    err = relative_error(logits, ref)
+    assert err <= LOGITS_TOLERANCE, f"{qtype}: {err:.5f} (max abs {np.abs(logits - ref).max():.3g})"
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q4_0", "F16"])
+def test_one_and_two_threads_agree_bitwise(qtype: str) -> None:
+    one, two = load(tiny_path(qtype), n_threads=1), load(tiny_path(qtype), n_threads=2)
+    a = one.net.forward(TOKENS, one.new_cache(64), all_logits=True)
+    b = two.net.forward(TOKENS, two.new_cache(64), all_logits=True)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q4_K", "Q8_0", "Q2_K"])
+def test_prefill_then_decode_equals_full_forward(qtype: str) -> None:
+    """Single-token steps run llama.cpp's one-column kernels, a batch its batch kernels: the same numbers up to
+    rounding."""
+    model = load(tiny_path(qtype))
+    full = model.net.forward(TOKENS, model.new_cache(64), all_logits=True)
+    cache = model.new_cache(64)
+    steps = [model.net.forward(TOKENS[:16], cache, all_logits=True)]
+    steps += [model.net.forward([t], cache) for t in TOKENS[16:]]
+    incremental = np.concatenate(steps)
+    assert cache.seq_len == 32
+    assert relative_error(incremental, full) < 1e-3
+    assert np.array_equal(incremental.argmax(-1), full.argmax(-1))
+
+
+def test_native_agrees_with_reference() -> None:
+    native, ref = load(tiny_path("Q5_K")), load_any(tiny_path("Q5_K"), backend="ref")
+    a = native.net.forward(TOKENS, native.new_cache(64), all_logits=True)
+    b = ref.net.forward(TOKENS, ref.new_cache(64), all_logits=True)
+    assert relative_error(a, b) < 0.03
+
+
+def test_kv_cache_grows_with_use() -> None:
+    model = load(tiny_path("Q8_0"))
+    cache = model.new_cache(4096)
+    assert cache.capacity == 0 and cache.nbytes == 0
+    model.net.forward(TOKENS[:10], cache)
+    assert 10 <= cache.capacity < 4096  # not the whole context up front
+    before = model.net.forward(TOKENS[10:11], cache)
+    grown = cache.capacity
+    cache.truncate(10)
+    again = model.net.forward(TOKENS[10:11], cache)
+    assert np.array_equal(before, again) and cache.capacity == grown
+    big = model.new_cache(40)
+    model.net.forward(TOKENS, big)
+    with pytest.raises(ContextFullError, match="context is full"):
+        model.net.forward(TOKENS[:9], big)
+
+
+def test_bad_tokens_are_refused_before_c() -> None:
+    model = load(tiny_path("F32"))
+    with pytest.raises(LlametteError, match="token id 512 is out of range"):
+        model.net.forward([1, 512], model.new_cache(8))
+    with pytest.raises(LlametteError, match="token id -1"):
+        model.net.forward([-1], model.new_cache(8))
+    with pytest.raises(LlametteError, match="at least one token"):
+        model.net.forward([], model.new_cache(8))
+    with pytest.raises(LlametteError, match="thread count"):
+        load(tiny_path("F32"), n_threads=0)

@@ -12,32 +12,90 @@
 /* bytes of one quantized activation row for weight w (k = its row length) */
 static int64_t act_bytes(const lm_weight *w) { return lm_act_row_bytes(w->type, w->cols); }
 
-/* quantize rows x (n x k) into act for weight type wtype; threads split rows, or the blocks of one row */
-static void quantize_part(int wtype, const float *x, int64_t n, int64_t k, uint8_t *act, int64_t row_bytes,
-                          int ith, int nth) {
+/* elements per block of the activation format weight type wtype pairs with */
+static int64_t act_block(int wtype) { return lm_block_size(lm_act_type(wtype), NULL); }
+
+static int64_t gcd64(int64_t a, int64_t b) { return b ? gcd64(b, a % b) : a; }
+static int64_t lcm64(int64_t a, int64_t b) { return a / gcd64(a, b) * b; }
+
+/* quantize columns [c0, c1) (whole blocks) of rows x (n x k) into act rows of row_bytes */
+static void quantize_cols(int wtype, const float *x, int64_t n, int64_t k, uint8_t *act, int64_t row_bytes,
+                          int64_t c0, int64_t c1) {
+    if (c1 <= c0) return;
+    int block_bytes;
+    const int qk = lm_block_size(lm_act_type(wtype), &block_bytes);
+    for (int64_t r = 0; r < n; r++) lm_quantize_act(wtype, x + r * k + c0, act + r * row_bytes + c0 / qk * block_bytes, c1 - c0);
+}
+
+/* The activation formats one normalised input feeds (q/k/v or gate/up weights may pair differently). */
+typedef struct {
+    int n;
+    const lm_weight *w[3];
+    uint8_t *act[3];
+} act_set;
+
+static void act_set_add(act_set *s, const lm_weight *w, uint8_t **next, int64_t rows) {
+    for (int i = 0; i < s->n; i++) {
+        if (lm_act_type(s->w[i]->type) == lm_act_type(w->type)) return;
+    }
+    s->w[s->n] = w;
+    s->act[s->n++] = *next;
+    *next += rows * act_bytes(w);
+}
+
+static uint8_t *act_for(const act_set *s, const lm_weight *w) {
+    for (int i = 0; i < s->n; i++) {
+        if (lm_act_type(s->w[i]->type) == lm_act_type(w->type)) return s->act[i];
+    }
+    return NULL;
+}
+
+/* RMS norm of rows x (n x dim) times w into h, quantized into every format of s. Threads take whole rows, or
+ * for fewer rows than threads, blocks of each row (every thread computes the row's scale itself). */
+static void norm_quant_part(const float *x, const float *w, float *h, int64_t n, int64_t dim, float eps,
+                            const act_set *s, int ith, int nth) {
     if (n >= nth) {
         long r0, r1;
         lm_split(n, ith, nth, &r0, &r1);
-        for (long r = r0; r < r1; r++) lm_quantize_act(wtype, x + r * k, act + r * row_bytes, k);
+        for (long r = r0; r < r1; r++) {
+            lm_rms_apply(x + r * dim, w, h + r * dim, lm_rms_scale(x + r * dim, dim, eps), 0, dim);
+            for (int i = 0; i < s->n; i++) {
+                lm_quantize_act((int)s->w[i]->type, h + r * dim, s->act[i] + r * act_bytes(s->w[i]), dim);
+            }
+        }
         return;
     }
-    int block_bytes;
-    const int qk = lm_block_size(lm_act_type(wtype), &block_bytes);
+    int64_t unit = 1;
+    for (int i = 0; i < s->n; i++) unit = lcm64(unit, act_block((int)s->w[i]->type));
+    long b0, b1;
+    lm_split(dim / unit, ith, nth, &b0, &b1);
     for (int64_t r = 0; r < n; r++) {
-        long b0, b1;
-        lm_split(k / qk, ith, nth, &b0, &b1);
-        if (b1 > b0) lm_quantize_act(wtype, x + r * k + b0 * qk, act + r * row_bytes + b0 * block_bytes, (b1 - b0) * qk);
+        lm_rms_apply(x + r * dim, w, h + r * dim, lm_rms_scale(x + r * dim, dim, eps), b0 * unit, b1 * unit);
+    }
+    for (int i = 0; i < s->n; i++) {
+        quantize_cols((int)s->w[i]->type, h, n, dim, s->act[i], act_bytes(s->w[i]), b0 * unit, b1 * unit);
     }
 }
 
-/* y (n x rows) = act . W^T + bias for this thread's rows (a multiple of the kernel's row group) */
-static void matmul_part(const lm_weight *w, const float *bias, const uint8_t *act, int64_t n, float *y, int ith,
-                        int nth) {
-    const int64_t align = lm_mm_row_align(w), groups = w->rows / align;
+/* this thread's rows of w: whole groups of `unit` rows, unit a multiple of the kernel's row group */
+static void own_rows(const lm_weight *w, int64_t unit, int ith, int nth, int64_t *r0, int64_t *r1) {
     long g0, g1;
-    lm_split(groups, ith, nth, &g0, &g1);
+    lm_split(w->rows / unit, ith, nth, &g0, &g1);
+    *r0 = g0 * unit;
+    *r1 = g1 * unit;
+}
+
+/* y (n x rows) = act . W^T + bias over rows [r0, r1) */
+static void matmul_rows(const lm_weight *w, const float *bias, const uint8_t *act, int64_t n, float *y, int64_t r0,
+                        int64_t r1) {
     const lm_mm_args args = {w, act, act_bytes(w), n, y, w->rows, bias};
-    lm_mm_rows(&args, g0 * align, g1 * align);
+    lm_mm_rows(&args, r0, r1);
+}
+
+/* row unit for w such that a thread's rows also cover whole `extra`-sized groups, or 0 if rows don't split so */
+static int64_t fused_unit(const lm_weight *w, int64_t extra) {
+    const int64_t unit = lcm64(lm_mm_row_align(w), extra);
+    return w->rows % unit == 0 ? unit : 0;
 }
 
 typedef struct {
@@ -49,93 +107,165 @@ typedef struct {
     int64_t n_tok, pos0, n_out;
     float *logits;
     /* workspace */
-    float *x, *h, *q, *k, *v, *att, *tmp, *gate, *up, *attn_scratch;
+    float *x, *h, *q, *k, *v, *att, *tmp, *gate, *up, *attn_scratch, *rope_cs;
     uint8_t *act;
     int64_t attn_scratch_floats;
 } fwd_task;
 
+/* The layer as 7 steps between barriers: norm+quantize | q,k,v products + rope + cache store | attention +
+ * quantize | output product + residual | norm+quantize | gate,up products + swiglu + quantize | down product +
+ * residual. Each thread's rows of a product are whole groups of what its epilogue needs (rope pairs,
+ * activation blocks), so no op waits for another thread's rows. */
 static void forward_run(void *p, int ith, int nth) {
     fwd_task *t = p;
     const lm_model *m = t->m;
     lm_pool *pool = t->pool;
     const int64_t n = t->n_tok, dim = m->dim, hd = m->head_dim;
-    const int64_t q_dim = m->n_heads * hd;
+    const int64_t q_dim = m->n_heads * hd, kv_dim = m->n_kv_heads * hd;
 
-    { /* token embeddings */
+    { /* token embeddings, and the rope angles of every position */
         long r0, r1;
         lm_split(n, ith, nth, &r0, &r1);
         for (long r = r0; r < r1; r++) {
             lm_dequantize_row(m->token_embd.type, (const uint8_t *)m->token_embd.data + t->tokens[r] * m->token_embd.row_bytes,
                               t->x + r * dim, dim);
         }
+        lm_rope_cache_part(t->pos, n, m->rope_dims, m->rope_base, m->rope_freq_scale, m->rope_freqs, t->rope_cs, ith,
+                           nth);
     }
     lm_barrier(pool);
 
     for (int64_t il = 0; il < m->n_layers; il++) {
         const lm_layer *L = &m->layers[il];
         const int last = il == m->n_layers - 1;
-        lm_rms_norm_part(t->x, L->attn_norm, t->h, n, dim, m->rms_eps, ith, nth);
+        /* 1: attention norm, quantized for q, k and v */
+        act_set qkv = {0};
+        uint8_t *next = t->act;
+        act_set_add(&qkv, &L->wq, &next, n);
+        act_set_add(&qkv, &L->wk, &next, n);
+        act_set_add(&qkv, &L->wv, &next, n);
+        norm_quant_part(t->x, L->attn_norm, t->h, n, dim, m->rms_eps, &qkv, ith, nth);
         lm_barrier(pool);
-        /* q, k, v: the activation is quantized once per format and shared when the weights pair alike */
-        quantize_part(L->wq.type, t->h, n, dim, t->act, act_bytes(&L->wq), ith, nth);
-        const int same_k = lm_act_type(L->wk.type) == lm_act_type(L->wq.type);
-        const int same_v = lm_act_type(L->wv.type) == lm_act_type(L->wq.type);
-        uint8_t *act_k = same_k ? t->act : t->act + n * act_bytes(&L->wq);
-        uint8_t *act_v = same_v ? t->act : act_k + n * act_bytes(&L->wk);
-        if (!same_k) quantize_part(L->wk.type, t->h, n, dim, act_k, act_bytes(&L->wk), ith, nth);
-        if (!same_v) quantize_part(L->wv.type, t->h, n, dim, act_v, act_bytes(&L->wv), ith, nth);
+        /* 2: q, k, v; rope on q and k; k and v into the cache */
+        {
+            int64_t r0, r1;
+            const int64_t uq = fused_unit(&L->wq, 2), uk = fused_unit(&L->wk, 2), uv = lm_mm_row_align(&L->wv);
+            const int split = uq && uk; /* else: rope after a barrier */
+            own_rows(&L->wq, split ? uq : lm_mm_row_align(&L->wq), ith, nth, &r0, &r1);
+            matmul_rows(&L->wq, L->bq, act_for(&qkv, &L->wq), n, t->q, r0, r1);
+            if (split) lm_rope_rows(t->q, q_dim, n, hd, m->rope_dims, t->rope_cs, r0, r1);
+            own_rows(&L->wk, split ? uk : lm_mm_row_align(&L->wk), ith, nth, &r0, &r1);
+            matmul_rows(&L->wk, L->bk, act_for(&qkv, &L->wk), n, t->k, r0, r1);
+            if (split) {
+                lm_rope_rows(t->k, kv_dim, n, hd, m->rope_dims, t->rope_cs, r0, r1);
+                lm_store_k_rows(t->k, n, kv_dim, hd, t->kv->k[il], t->kv->capacity, t->pos0, r0, r1);
+            }
+            own_rows(&L->wv, uv, ith, nth, &r0, &r1);
+            matmul_rows(&L->wv, L->bv, act_for(&qkv, &L->wv), n, t->v, r0, r1);
+            lm_store_v_rows(t->v, n, kv_dim, hd, t->kv->v[il], t->kv->capacity, t->pos0, r0, r1);
+            if (!split) {
+                lm_barrier(pool);
+                long a0, a1;
+                lm_split(q_dim / 2, ith, nth, &a0, &a1);
+                lm_rope_rows(t->q, q_dim, n, hd, m->rope_dims, t->rope_cs, 2 * a0, 2 * a1);
+                lm_split(kv_dim / 2, ith, nth, &a0, &a1);
+                lm_rope_rows(t->k, kv_dim, n, hd, m->rope_dims, t->rope_cs, 2 * a0, 2 * a1);
+                lm_store_k_rows(t->k, n, kv_dim, hd, t->kv->k[il], t->kv->capacity, t->pos0, 2 * a0, 2 * a1);
+            }
+        }
         lm_barrier(pool);
-        matmul_part(&L->wq, L->bq, t->act, n, t->q, ith, nth);
-        matmul_part(&L->wk, L->bk, act_k, n, t->k, ith, nth);
-        matmul_part(&L->wv, L->bv, act_v, n, t->v, ith, nth);
+        /* 3: attention, each thread quantizing the heads it did (groups of heads that fill whole blocks) */
+        {
+            const int64_t qk = act_block((int)L->wo.type);
+            const int64_t group = qk % hd == 0 ? qk / hd : (hd % qk == 0 ? 1 : 0);
+            float *scratch = t->attn_scratch + ith * t->attn_scratch_floats;
+            if (group && m->n_heads % group == 0) {
+                long u0, u1;
+                lm_split(n * (m->n_heads / group), ith, nth, &u0, &u1);
+                lm_attention_jobs(t->q, n, m->n_heads, m->n_kv_heads, hd, t->kv->k[il], t->kv->v[il], t->kv->capacity,
+                                  t->pos0, m->attn_scale, t->att, scratch, u0 * group, u1 * group);
+                for (long u = u0; u < u1; u++) { /* unit u: token u / units_per_token, heads from (u % ..) * group */
+                    const int64_t per = m->n_heads / group, tok = u / per, c0 = (u % per) * group * hd;
+                    quantize_cols((int)L->wo.type, t->att + tok * q_dim, 1, q_dim, t->act + tok * act_bytes(&L->wo),
+                                  act_bytes(&L->wo), c0, c0 + group * hd);
+                }
+            } else {
+                lm_attention_part(t->q, n, m->n_heads, m->n_kv_heads, hd, t->kv->k[il], t->kv->v[il],
+                                  t->kv->capacity, t->pos0, m->attn_scale, t->att, scratch, ith, nth);
+                lm_barrier(pool);
+                long b0, b1;
+                lm_split(q_dim / qk, ith, nth, &b0, &b1);
+                quantize_cols((int)L->wo.type, t->att, n, q_dim, t->act, act_bytes(&L->wo), b0 * qk, b1 * qk);
+            }
+        }
         lm_barrier(pool);
-        lm_rope_part(t->q, t->pos, n, m->n_heads, hd, m->rope_dims, m->rope_base, m->rope_freq_scale, m->rope_freqs,
-                     ith, nth);
-        lm_rope_part(t->k, t->pos, n, m->n_kv_heads, hd, m->rope_dims, m->rope_base, m->rope_freq_scale,
-                     m->rope_freqs, ith, nth);
-        lm_barrier(pool);
-        lm_kv_store_part(t->k, t->v, n, m->n_kv_heads, hd, t->kv->k[il], t->kv->v[il], t->kv->capacity, t->pos0, ith,
-                         nth);
-        lm_barrier(pool);
-        lm_attention_part(t->q, n, m->n_heads, m->n_kv_heads, hd, t->kv->k[il], t->kv->v[il], t->kv->capacity, t->pos0,
-                          m->attn_scale, t->att, t->attn_scratch + ith * t->attn_scratch_floats, ith, nth);
-        lm_barrier(pool);
-        quantize_part(L->wo.type, t->att, n, q_dim, t->act, act_bytes(&L->wo), ith, nth);
-        lm_barrier(pool);
-        matmul_part(&L->wo, L->bo, t->act, n, t->tmp, ith, nth);
-        lm_barrier(pool);
-        /* after the attention output, the last layer only carries on with the rows whose logits are wanted
-         * (llama.cpp's inp_out_ids) */
+        /* 4: output projection (every token: the kernel choice depends on the column count, as in llama.cpp),
+         * then the residual for the rows that go on (the last layer keeps only those whose logits are wanted,
+         * llama.cpp's inp_out_ids) */
         const int64_t rows = last ? t->n_out : n, skip = n - rows;
         float *x = t->x + skip * dim;
-        lm_add_part(x, t->tmp + skip * dim, rows * dim, ith, nth);
+        {
+            int64_t r0, r1;
+            own_rows(&L->wo, lm_mm_row_align(&L->wo), ith, nth, &r0, &r1);
+            matmul_rows(&L->wo, L->bo, t->act, n, t->tmp, r0, r1);
+            for (int64_t tok = 0; tok < rows; tok++) {
+                float *xr = x + tok * dim;
+                const float *yr = t->tmp + (skip + tok) * dim;
+                for (int64_t r = r0; r < r1; r++) xr[r] += yr[r];
+            }
+        }
         lm_barrier(pool);
-        lm_rms_norm_part(x, L->ffn_norm, t->h, rows, dim, m->rms_eps, ith, nth);
+        /* 5: feed-forward norm, quantized for gate and up */
+        act_set gu = {0};
+        next = t->act;
+        act_set_add(&gu, &L->gate, &next, rows);
+        act_set_add(&gu, &L->up, &next, rows);
+        uint8_t *act_down = next;
+        norm_quant_part(x, L->ffn_norm, t->h, rows, dim, m->rms_eps, &gu, ith, nth);
         lm_barrier(pool);
-        quantize_part(L->gate.type, t->h, rows, dim, t->act, act_bytes(&L->gate), ith, nth);
-        const int same_up = lm_act_type(L->up.type) == lm_act_type(L->gate.type);
-        uint8_t *act_up = same_up ? t->act : t->act + rows * act_bytes(&L->gate);
-        if (!same_up) quantize_part(L->up.type, t->h, rows, dim, act_up, act_bytes(&L->up), ith, nth);
+        /* 6: gate and up over the same rows, swiglu, quantized for down */
+        {
+            const int64_t qk = act_block((int)L->down.type);
+            int64_t unit = lcm64(fused_unit(&L->gate, qk), fused_unit(&L->up, qk));
+            if (unit && m->ffn_dim % unit) unit = 0;
+            int64_t r0, r1;
+            own_rows(&L->gate, unit ? unit : lm_mm_row_align(&L->gate), ith, nth, &r0, &r1);
+            matmul_rows(&L->gate, L->bgate, act_for(&gu, &L->gate), rows, t->gate, r0, r1);
+            if (!unit) own_rows(&L->up, lm_mm_row_align(&L->up), ith, nth, &r0, &r1);
+            matmul_rows(&L->up, L->bup, act_for(&gu, &L->up), rows, t->up, r0, r1);
+            if (unit) {
+                lm_swiglu_cols(t->gate, t->up, t->gate, rows, m->ffn_dim, r0, r1);
+                quantize_cols((int)L->down.type, t->gate, rows, m->ffn_dim, act_down, act_bytes(&L->down), r0, r1);
+            } else {
+                lm_barrier(pool);
+                long b0, b1;
+                lm_split(m->ffn_dim / qk, ith, nth, &b0, &b1);
+                lm_swiglu_cols(t->gate, t->up, t->gate, rows, m->ffn_dim, b0 * qk, b1 * qk);
+                quantize_cols((int)L->down.type, t->gate, rows, m->ffn_dim, act_down, act_bytes(&L->down), b0 * qk,
+                              b1 * qk);
+            }
+        }
         lm_barrier(pool);
-        matmul_part(&L->gate, L->bgate, t->act, rows, t->gate, ith, nth);
-        matmul_part(&L->up, L->bup, act_up, rows, t->up, ith, nth);
-        lm_barrier(pool);
-        lm_swiglu_part(t->gate, t->up, t->gate, rows, m->ffn_dim, ith, nth);
-        lm_barrier(pool);
-        quantize_part(L->down.type, t->gate, rows, m->ffn_dim, t->act, act_bytes(&L->down), ith, nth);
-        lm_barrier(pool);
-        matmul_part(&L->down, L->bdown, t->act, rows, t->tmp, ith, nth);
-        lm_barrier(pool);
-        lm_add_part(x, t->tmp, rows * dim, ith, nth);
+        /* 7: down projection and the residual */
+        {
+            int64_t r0, r1;
+            own_rows(&L->down, lm_mm_row_align(&L->down), ith, nth, &r0, &r1);
+            matmul_rows(&L->down, L->bdown, act_down, rows, t->tmp, r0, r1);
+            for (int64_t tok = 0; tok < rows; tok++) {
+                for (int64_t r = r0; r < r1; r++) x[tok * dim + r] += t->tmp[tok * dim + r];
+            }
+        }
         lm_barrier(pool);
     }
     /* output norm and logits for the last n_out rows */
-    const float *xo = t->x + (n - t->n_out) * dim;
-    lm_rms_norm_part(xo, m->output_norm, t->h, t->n_out, dim, m->rms_eps, ith, nth);
+    act_set out = {0};
+    uint8_t *next = t->act;
+    act_set_add(&out, &m->output, &next, t->n_out);
+    norm_quant_part(t->x + (n - t->n_out) * dim, m->output_norm, t->h, t->n_out, dim, m->rms_eps, &out, ith, nth);
     lm_barrier(pool);
-    quantize_part(m->output.type, t->h, t->n_out, dim, t->act, act_bytes(&m->output), ith, nth);
-    lm_barrier(pool);
-    matmul_part(&m->output, NULL, t->act, t->n_out, t->logits, ith, nth);
+    int64_t r0, r1;
+    own_rows(&m->output, lm_mm_row_align(&m->output), ith, nth, &r0, &r1);
+    matmul_rows(&m->output, NULL, t->act, t->n_out, t->logits, r0, r1);
 }
 
 static int64_t max_act_bytes(const lm_model *m) {
@@ -151,7 +281,7 @@ static int64_t max_act_bytes(const lm_model *m) {
 size_t lm_forward_workspace_bytes(const lm_model *m, const lm_kv *kv, int64_t n_tok, int n_threads) {
     const int64_t q_dim = m->n_heads * m->head_dim, kv_dim = m->n_kv_heads * m->head_dim;
     const int64_t widest = m->dim > q_dim ? m->dim : q_dim;
-    const int64_t floats = n_tok * (2 * m->dim + 2 * q_dim + 2 * kv_dim + widest + 2 * m->ffn_dim) +
+    const int64_t floats = n_tok * (2 * m->dim + 2 * q_dim + 2 * kv_dim + widest + 2 * m->ffn_dim + m->rope_dims) +
                            (int64_t)n_threads * lm_attention_scratch_floats(kv->capacity, m->head_dim) + n_tok;
     return (size_t)floats * 4 + (size_t)(3 * n_tok * max_act_bytes(m)) + 64;
 }
@@ -176,6 +306,7 @@ int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t 
     t.up = f, f += n_tok * m->ffn_dim;
     t.attn_scratch_floats = lm_attention_scratch_floats(kv->capacity, m->head_dim);
     t.attn_scratch = f, f += nth * t.attn_scratch_floats;
+    t.rope_cs = f, f += n_tok * m->rope_dims;
     t.pos = (int32_t *)f, f += n_tok;
     t.act = (uint8_t *)f;
     for (int64_t i = 0; i < n_tok; i++) t.pos[i] = (int32_t)(pos0 + i);

@@ -26,19 +26,22 @@ static inline float v_silu(float x) { return x / (1.0f + v_expf(0.0f - x)); }
 
 /* -- RMS norm (ggml_compute_forward_rms_norm_f32, fused with the weight) ----------------------------- */
 
+float lm_rms_scale(const float *x, int64_t dim, float eps) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < dim; i++) sum += (double)(x[i] * x[i]);
+    const float mean = (float)(sum / (double)dim);
+    return 1.0f / sqrtf(mean + eps);
+}
+
+void lm_rms_apply(const float *x, const float *w, float *y, float scale, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) y[i] = x[i] * scale * w[i]; /* ggml: rms_norm, then mul by the weight */
+}
+
 void lm_rms_norm_part(const float *x, const float *w, float *y, int64_t rows, int64_t dim, float eps, int ith,
                       int nth) {
     long r0, r1;
     lm_split(rows, ith, nth, &r0, &r1);
-    for (long r = r0; r < r1; r++) {
-        const float *xr = x + r * dim;
-        float *yr = y + r * dim;
-        double sum = 0.0;
-        for (int64_t i = 0; i < dim; i++) sum += (double)(xr[i] * xr[i]);
-        const float mean = (float)(sum / (double)dim);
-        const float scale = 1.0f / sqrtf(mean + eps);
-        for (int64_t i = 0; i < dim; i++) yr[i] = xr[i] * scale * w[i];
-    }
+    for (long r = r0; r < r1; r++) lm_rms_apply(x + r * dim, w, y + r * dim, lm_rms_scale(x + r * dim, dim, eps), 0, dim);
 }
 
 /* -- RoPE on adjacent pairs (ggml "normal" mode, ggml_rope_cache_init + rotate_pairs) ---------------- */
@@ -69,19 +72,63 @@ void lm_rope_part(float *x, const int32_t *pos, int64_t n_tok, int64_t n_heads, 
     }
 }
 
+void lm_rope_cache_part(const int32_t *pos, int64_t n_tok, int64_t n_dims, float base, float freq_scale,
+                        const float *freq_factors, float *cs, int ith, int nth) {
+    const float theta_scale = powf(base, -2.0f / (float)n_dims);
+    long t0, t1;
+    lm_split(n_tok, ith, nth, &t0, &t1);
+    for (long t = t0; t < t1; t++) {
+        float theta = (float)pos[t];
+        for (int64_t i0 = 0; i0 < n_dims; i0 += 2) {
+            const float ff = freq_factors ? freq_factors[i0 / 2] : 1.0f;
+            const float th = freq_scale * (theta / ff);
+            cs[t * n_dims + i0] = cosf(th);
+            cs[t * n_dims + i0 + 1] = sinf(th);
+            theta *= theta_scale;
+        }
+    }
+}
+
+void lm_rope_rows(float *x, int64_t row_len, int64_t n_tok, int64_t head_dim, int64_t n_dims, const float *cs,
+                  int64_t r0, int64_t r1) {
+    for (int64_t t = 0; t < n_tok; t++) {
+        float *xt = x + t * row_len;
+        const float *c = cs + t * n_dims;
+        for (int64_t r = r0 & ~(int64_t)1; r < r1; r += 2) {
+            const int64_t d = r % head_dim;
+            if (d >= n_dims) continue;
+            const float x0 = xt[r], x1 = xt[r + 1];
+            xt[r] = fmaf(x0, c[d], -(x1 * c[d + 1]));
+            xt[r + 1] = fmaf(x0, c[d + 1], x1 * c[d]);
+        }
+    }
+}
+
 /* -- elementwise --------------------------------------------------------------------------------------- */
+
+void lm_swiglu_cols(const float *g, const float *u, float *y, int64_t rows, int64_t n, int64_t c0, int64_t c1) {
+    const int64_t n_vec = n & ~(int64_t)15; /* full 16-wide chunks of a row use ggml's exp, the tail libm's */
+    for (int64_t r = 0; r < rows; r++) {
+        const float *gr = g + r * n, *ur = u + r * n;
+        float *yr = y + r * n;
+        int64_t i = c0;
+#if LM_AVX512
+        for (; i + 16 <= c1 && i + 16 <= n_vec && (i & 15) == 0; i += 16) {
+            const __m512 x = _mm512_loadu_ps(gr + i);
+            const __m512 e = lm_expf16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+            const __m512 silu = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+            _mm512_storeu_ps(yr + i, _mm512_mul_ps(silu, _mm512_loadu_ps(ur + i)));
+        }
+#endif
+        for (; i < c1 && i < n_vec; i++) yr[i] = v_silu(gr[i]) * ur[i];
+        for (; i < c1; i++) yr[i] = gr[i] / (1.0f + expf(-gr[i])) * ur[i];
+    }
+}
 
 void lm_swiglu_part(const float *g, const float *u, float *y, int64_t rows, int64_t n, int ith, int nth) {
     long r0, r1;
     lm_split(rows, ith, nth, &r0, &r1);
-    for (long r = r0; r < r1; r++) {
-        const float *gr = g + r * n, *ur = u + r * n;
-        float *yr = y + r * n;
-        const int64_t n_vec = n & ~(int64_t)15; /* full 16-wide chunks use ggml's exp, the tail libm's */
-        int64_t i = 0;
-        for (; i < n_vec; i++) yr[i] = v_silu(gr[i]) * ur[i];
-        for (; i < n; i++) yr[i] = gr[i] / (1.0f + expf(-gr[i])) * ur[i];
-    }
+    if (r1 > r0) lm_swiglu_cols(g + r0 * n, u + r0 * n, y + r0 * n, r1 - r0, n, 0, n);
 }
 
 void lm_add_part(float *x, const float *y, int64_t n, int ith, int nth) {
@@ -105,6 +152,22 @@ void lm_kv_store_part(const float *k, const float *v, int64_t n_tok, int64_t n_k
                 v_cache[(h * head_dim + d) * capacity + pos0 + t] = lm_f2h(vt[d]);
             }
         }
+    }
+}
+
+void lm_store_k_rows(const float *k, int64_t n_tok, int64_t row_len, int64_t head_dim, lm_half *k_cache,
+                     int64_t capacity, int64_t pos0, int64_t r0, int64_t r1) {
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            k_cache[((r / head_dim) * capacity + pos0 + t) * head_dim + r % head_dim] = lm_f2h(k[t * row_len + r]);
+        }
+}
+
+void lm_store_v_rows(const float *v, int64_t n_tok, int64_t row_len, int64_t head_dim, lm_half *v_cache,
+                     int64_t capacity, int64_t pos0, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        lm_half *dst = v_cache + ((r / head_dim) * head_dim + r % head_dim) * capacity + pos0;
+        for (int64_t t = 0; t < n_tok; t++) dst[t] = lm_f2h(v[t * row_len + r]);
     }
 }
 
@@ -178,6 +241,15 @@ size_t lm_attention_scratch_floats(int64_t n_keys, int64_t head_dim) {
 void lm_attention_part(const float *q, int64_t n_tok, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                        const lm_half *k_cache, const lm_half *v_cache, int64_t capacity, int64_t pos0, float scale,
                        float *out, float *scratch, int ith, int nth) {
+    long j0, j1;
+    lm_split(n_tok * n_heads, ith, nth, &j0, &j1);
+    lm_attention_jobs(q, n_tok, n_heads, n_kv_heads, head_dim, k_cache, v_cache, capacity, pos0, scale, out, scratch,
+                      j0, j1);
+}
+
+void lm_attention_jobs(const float *q, int64_t n_tok, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                       const lm_half *k_cache, const lm_half *v_cache, int64_t capacity, int64_t pos0, float scale,
+                       float *out, float *scratch, int64_t j0, int64_t j1) {
     /* keys 0 .. pos0 + n_tok - 1; padded to 64 with masked (zero-probability) entries, as llama.cpp pads */
     const int64_t n_keys = pos0 + n_tok, n_pad = (n_keys + 63) & ~(int64_t)63;
     const int64_t n_pad256 = (n_keys + 255) & ~(int64_t)255;
@@ -188,9 +260,7 @@ void lm_attention_part(const float *q, int64_t n_tok, int64_t n_heads, int64_t n
     float *w = scratch;
     lm_half *p16 = (lm_half *)(scratch + n_pad);
     lm_half *q16 = (lm_half *)(scratch + n_pad + n_pad / 2 + 8);
-    long j0, j1;
-    lm_split(n_tok * n_heads, ith, nth, &j0, &j1);
-    for (long job = j0; job < j1; job++) {
+    for (int64_t job = j0; job < j1; job++) {
         const int64_t t = job / n_heads, h = job % n_heads, hk = h / rep;
         const int64_t visible = pos0 + t + 1; /* causal: keys at positions <= the query's */
         for (int64_t d = 0; d < head_dim; d++) q16[d] = lm_f2h(q[(t * n_heads + h) * head_dim + d]);

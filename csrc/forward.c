@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "dot.h"
+#include "flash_attn.h"
 #include "mm.h"
 #include "ops.h"
 
@@ -107,7 +108,7 @@ typedef struct {
     int64_t n_tok, pos0, n_out;
     float *logits;
     /* workspace */
-    float *x, *h, *q, *k, *v, *att, *tmp, *gate, *up, *attn_scratch, *rope_cs;
+    float *x, *h, *q, *k, *v, *att, *tmp, *gate, *up, *attn_scratch, *attn_shared, *rope_cs;
     uint8_t *act;
     int64_t attn_scratch_floats;
 } fwd_task;
@@ -179,7 +180,14 @@ static void forward_run(void *p, int ith, int nth) {
             const int64_t qk = act_block((int)L->wo.type);
             const int64_t group = qk % hd == 0 ? qk / hd : (hd % qk == 0 ? 1 : 0);
             float *scratch = t->attn_scratch + ith * t->attn_scratch_floats;
-            if (group && m->n_heads % group == 0) {
+            if (m->flash_attn) { /* every thread takes part (its split-KV path meets at a barrier inside) */
+                lm_flash_attn_part(pool, t->q, n, m->n_heads, m->n_kv_heads, hd, t->kv->k[il], t->kv->v[il],
+                                   t->kv->capacity, t->pos0, m->attn_scale, t->att, scratch, t->attn_shared, ith, nth);
+                lm_barrier(pool);
+                long b0, b1;
+                lm_split(q_dim / qk, ith, nth, &b0, &b1);
+                quantize_cols((int)L->wo.type, t->att, n, q_dim, t->act, act_bytes(&L->wo), b0 * qk, b1 * qk);
+            } else if (group && m->n_heads % group == 0) {
                 long u0, u1;
                 lm_split(n * (m->n_heads / group), ith, nth, &u0, &u1);
                 lm_attention_jobs(t->q, n, m->n_heads, m->n_kv_heads, hd, t->kv->k[il], t->kv->v[il], t->kv->capacity,
@@ -215,6 +223,7 @@ static void forward_run(void *p, int ith, int nth) {
             }
         }
         lm_barrier(pool);
+        if (rows == 0) continue; /* no logits wanted from this batch: its K/V are in the cache, nothing else */
         /* 5: feed-forward norm, quantized for gate and up */
         act_set gu = {0};
         next = t->act;
@@ -258,6 +267,7 @@ static void forward_run(void *p, int ith, int nth) {
         lm_barrier(pool);
     }
     /* output norm and logits for the last n_out rows */
+    if (t->n_out == 0) return;
     act_set out = {0};
     uint8_t *next = t->act;
     act_set_add(&out, &m->output, &next, t->n_out);
@@ -278,18 +288,26 @@ static int64_t max_act_bytes(const lm_model *m) {
     return best;
 }
 
+/* per-thread attention scratch (floats) for whichever attention the model uses */
+static int64_t attn_scratch_floats(const lm_model *m, const lm_kv *kv, int64_t n_tok) {
+    const int64_t plain = (int64_t)lm_attention_scratch_floats(kv->capacity, m->head_dim);
+    const int64_t flash = m->flash_attn ? (int64_t)lm_flash_attn_scratch_floats(kv->capacity, m->head_dim, n_tok) : 0;
+    return ((plain > flash ? plain : flash) + 15) & ~(int64_t)15; /* a multiple of 64 bytes per thread */
+}
+
 size_t lm_forward_workspace_bytes(const lm_model *m, const lm_kv *kv, int64_t n_tok, int n_threads) {
     const int64_t q_dim = m->n_heads * m->head_dim, kv_dim = m->n_kv_heads * m->head_dim;
     const int64_t widest = m->dim > q_dim ? m->dim : q_dim;
+    const int64_t shared = m->flash_attn ? (int64_t)lm_flash_attn_shared_floats(m->n_heads, m->head_dim, n_threads) : 0;
     const int64_t floats = n_tok * (2 * m->dim + 2 * q_dim + 2 * kv_dim + widest + 2 * m->ffn_dim + m->rope_dims) +
-                           (int64_t)n_threads * lm_attention_scratch_floats(kv->capacity, m->head_dim) + n_tok;
+                           (int64_t)n_threads * attn_scratch_floats(m, kv, n_tok) + shared + n_tok + 16;
     return (size_t)floats * 4 + (size_t)(3 * n_tok * max_act_bytes(m)) + 64;
 }
 
 int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t *tokens, int64_t n_tok, int64_t pos0,
                int64_t n_out, float *logits, void *workspace, size_t workspace_bytes) {
     const int nth = lm_pool_size(pool);
-    if (n_tok < 1 || n_out < 1 || n_out > n_tok || pos0 < 0 || pos0 + n_tok > kv->capacity) return -1;
+    if (n_tok < 1 || n_out < 0 || n_out > n_tok || pos0 < 0 || pos0 + n_tok > kv->capacity) return -1;
     if (workspace_bytes < lm_forward_workspace_bytes(m, kv, n_tok, nth)) return -2;
     const int64_t q_dim = m->n_heads * m->head_dim, kv_dim = m->n_kv_heads * m->head_dim;
     const int64_t widest = m->dim > q_dim ? m->dim : q_dim;
@@ -304,8 +322,10 @@ int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t 
     t.tmp = f, f += n_tok * widest;
     t.gate = f, f += n_tok * m->ffn_dim;
     t.up = f, f += n_tok * m->ffn_dim;
-    t.attn_scratch_floats = lm_attention_scratch_floats(kv->capacity, m->head_dim);
+    f = (float *)(((uintptr_t)f + 63) & ~(uintptr_t)63);
+    t.attn_scratch_floats = attn_scratch_floats(m, kv, n_tok);
     t.attn_scratch = f, f += nth * t.attn_scratch_floats;
+    t.attn_shared = f, f += m->flash_attn ? lm_flash_attn_shared_floats(m->n_heads, m->head_dim, nth) : 0;
     t.rope_cs = f, f += n_tok * m->rope_dims;
     t.pos = (int32_t *)f, f += n_tok;
     t.act = (uint8_t *)f;

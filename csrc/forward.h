@@ -31,6 +31,7 @@ typedef struct {
     const float *output_norm; /* (dim,) */
     lm_weight token_embd, output;
     lm_layer *layers;
+    int64_t flash_attn; /* 1: llama.cpp's flash-attention arithmetic (flash_attn.c), 0: its default path */
 } lm_model;
 
 /* one sequence's KV cache, per layer */
@@ -43,7 +44,7 @@ typedef struct {
 size_t lm_forward_workspace_bytes(const lm_model *m, const lm_kv *kv, int64_t n_tok, int n_threads);
 
 /* Run n_tok tokens at positions pos0.. (their K/V go into kv); logits (n_out x n_vocab) of the last n_out
- * tokens. Returns 0, -1 for bad arguments, -2 for a workspace that is too small. */
+ * tokens (0: none, the batch only fills the cache). Returns 0, -1 for bad arguments, -2 for a workspace that is too small. */
 int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t *tokens, int64_t n_tok, int64_t pos0,
                int64_t n_out, float *logits, void *workspace, size_t workspace_bytes);
 

@@ -78,7 +78,9 @@ def test_free_running_greedy_matches_all_48_tokens(smollm2) -> None:
 
 @pytest.mark.slow
 def test_perplexity_command_matches_llama_perplexity(capsys) -> None:
-    """`llamette perplexity -f shakespeare_eval.txt -c 128 --chunks 20`, as llama-perplexity was run."""
+    """`llamette perplexity -f shakespeare_eval.txt -c 128 --chunks 20`, as llama-perplexity was run: with its
+    default flash attention, within 0.2 % (llama-perplexity batches 16 chunks per call, whose split into
+    32-token pieces rounds attention slightly differently; same arithmetic in one call gives 38.5887)."""
     ref = next(r for r in SMOLLM2_REFERENCE["perplexity"] if r["n_ctx"] == 128)
     code = cli.main(["perplexity", "-f", str(SMOLLM2 / ref["text_file"]), "-c", "128", "--chunks", str(ref["chunks"])])
     out, err = capsys.readouterr()
@@ -87,4 +89,4 @@ def test_perplexity_command_matches_llama_perplexity(capsys) -> None:
     last = out.splitlines()[-1]
     assert last.startswith("Final estimate: PPL = ")
     ppl = float(last.split("=")[1].split("+/-")[0])
-    assert abs(ppl / ref["ppl"] - 1) < 0.01, (ppl, ref["ppl"])
+    assert abs(ppl / ref["ppl"] - 1) < 0.002, (ppl, ref["ppl"])

@@ -46,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     prompt = _read_prompt(args)
     t0 = time.perf_counter()
-    model = load(args.model, backend=args.backend, n_threads=args.threads)
+    model = load(args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=False))
     n_ctx = _context_size(args.ctx_size, model.config.n_ctx_train)
     _log(
         f"loaded {model.path.name} ({model.config.name or model.config.arch}) in "
@@ -106,7 +106,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise LlametteError(f"{path}: cannot read: {e.strerror or e}") from None
-    model = load(args.model, backend=args.backend, n_threads=args.threads)
+    model = load(args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=True))
     n_ctx = args.ctx_size or model.config.n_ctx_train
     t0 = time.perf_counter()
     tokens = model.tokenizer.encode(text, add_special=True, parse_special=False)
@@ -132,7 +132,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from llamette.bench import format_markdown, model_summary, run_bench
     from llamette.loader import load
 
-    model = load(args.model, backend=args.backend, n_threads=args.threads)
+    model = load(args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=True))
     summary = model_summary(model)
     _log(
         f"bench: {summary['model']}, {summary['backend']} backend, {summary['n_threads']} threads; "
@@ -158,6 +158,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+
+
+def _flash_attn(args: argparse.Namespace, default: bool) -> bool:
+    """-fa auto resolves like the llama.cpp program each command mirrors: on for perplexity and bench (as
+    llama-perplexity and llama-bench on a CPU), off for run (as llama-cpp-python, which made the reference
+    outputs). The two give the same text up to rounding; see docs/numerics.md."""
+    if args.flash_attn == "auto":
+        return default
+    if args.backend == "ref" and args.flash_attn == "on":
+        raise LlametteError("-fa on needs the native backend (the numpy reference computes attention exactly)")
+    return args.flash_attn == "on"
 
 
 def _read_prompt(args: argparse.Namespace) -> str:
@@ -276,6 +287,14 @@ def _build_parser() -> argparse.ArgumentParser:
             choices=BACKEND_CHOICES,
             default=None,
             help="cpu: native kernels (default); ref: the numpy reference forward pass (slow, exact math)",
+        )
+        sp.add_argument(
+            "-fa",
+            "--flash-attn",
+            choices=("on", "off", "auto"),
+            default="auto",
+            help="llama.cpp's flash-attention arithmetic (default: auto = as the matching llama.cpp tool: "
+            "off for run, on for perplexity and bench)",
         )
 
     def prompt_args(sp: argparse.ArgumentParser) -> None:

@@ -52,11 +52,18 @@ def load_tokenizer(path: str | os.PathLike | None) -> Tokenizer:
         return Tokenizer.from_gguf(gguf)
 
 
-def load(path: str | os.PathLike | None = None, backend: str | None = None, n_threads: int | None = None) -> Model:
+def load(
+    path: str | os.PathLike | None = None,
+    backend: str | None = None,
+    n_threads: int | None = None,
+    flash_attn: bool = False,
+) -> Model:
     """Load a GGUF model (the default model when path is None).
 
     backend: "cpu" (native kernels, the default when the library was built) or "ref" (the numpy reference).
     n_threads: native threads (default: the physical cores).
+    flash_attn: compute attention as llama.cpp does with flash attention on (its command-line tools' default)
+        instead of without (llama-cpp-python's default); native backend only, the numbers differ in rounding.
     """
     from llamette.kernels import cpu
 
@@ -73,7 +80,7 @@ def load(path: str | os.PathLike | None = None, backend: str | None = None, n_th
             f"{gguf.path}: the tokenizer has {tokenizer.n_vocab} tokens but the embedding only {config.n_vocab} rows"
         )
     if backend == "cpu":
-        net = cpu.NativeLlama(config, gguf, n_threads)
+        net = cpu.NativeLlama(config, gguf, n_threads, flash_attn=flash_attn)
     else:
         net = ReferenceLlama(config, load_weights(gguf, config))
     return Model(gguf.path, gguf, config, tokenizer, net, backend)

@@ -23,7 +23,7 @@ from llamette.model.config import ModelConfig
 from llamette.model.weights import check_tensors
 from llamette.quant import dequantize
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 class NativeUnavailable(LlametteError):
@@ -67,7 +67,7 @@ class LmModel(ctypes.Structure):
         ("head_dim", c_int64), ("ffn_dim", c_int64), ("n_vocab", c_int64), ("rope_dims", c_int64),
         ("rms_eps", c_float), ("rope_base", c_float), ("rope_freq_scale", c_float), ("attn_scale", c_float),
         ("rope_freqs", c_void_p), ("output_norm", c_void_p),
-        ("token_embd", LmWeight), ("output", LmWeight), ("layers", POINTER(LmLayer)),
+        ("token_embd", LmWeight), ("output", LmWeight), ("layers", POINTER(LmLayer)), ("flash_attn", c_int64),
     ]  # fmt: skip
 
 
@@ -284,9 +284,23 @@ class NativeKVCache:
 class NativeLlama:
     """The Llama forward pass in C: llama.cpp's arithmetic, reading the GGUF file's blocks in place."""
 
-    def __init__(self, cfg: ModelConfig, gguf: GGUFFile, n_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        gguf: GGUFFile,
+        n_threads: int | None = None,
+        flash_attn: bool = False,
+        n_ubatch: int = 512,
+    ) -> None:
+        """flash_attn: llama.cpp's flash-attention arithmetic (its tools' default) instead of its plain path
+        (llama-cpp-python's default). n_ubatch: tokens per native call, as llama.cpp's physical batch; longer
+        inputs run in batches of that size, which also decides which of llama.cpp's kernels each one matches."""
         library()
+        if not isinstance(n_ubatch, int) or n_ubatch < 1:
+            raise LlametteError(f"n_ubatch must be a positive integer, got {n_ubatch!r}")
         self.cfg = cfg
+        self.flash_attn = bool(flash_attn)
+        self.n_ubatch = n_ubatch
         self.pool = ThreadPool(default_threads() if n_threads is None else n_threads)
         self._keep: list[np.ndarray] = []  # arrays the C structs point into
         present = {spec.name for spec in check_tensors(gguf, cfg)}
@@ -326,6 +340,7 @@ class NativeLlama:
             rope_freqs=self._floats(gguf, "rope_freqs.weight") if "rope_freqs.weight" in present else None,
             output_norm=self._floats(gguf, "output_norm.weight"),
             token_embd=self._weight(gguf, "token_embd.weight"), output=self._weight(gguf, out), layers=layers,
+            flash_attn=int(self.flash_attn),
         )  # fmt: skip
         self._workspace = np.zeros(0, np.uint8)
 
@@ -359,13 +374,23 @@ class NativeLlama:
         if toks.min() < 0 or toks.max() >= self.cfg.n_vocab:
             bad = int(toks[(toks < 0) | (toks >= self.cfg.n_vocab)][0])
             raise LlametteError(f"token id {bad} is out of range (the model has {self.cfg.n_vocab} tokens)")
+        cache.reserve(n)  # fail before computing anything if the context cannot take them all
+        logits = np.empty((n if all_logits else 1, self.cfg.n_vocab), np.float32)
+        for start in range(0, n, self.n_ubatch):
+            chunk = toks[start : start + self.n_ubatch]
+            last = start + len(chunk) == n
+            n_out = len(chunk) if all_logits else int(last)  # llama.cpp computes only the logits asked for
+            out = logits[start : start + len(chunk)] if all_logits else logits
+            self._run(chunk, cache, n_out, out)
+        return logits
+
+    def _run(self, toks: np.ndarray, cache: NativeKVCache, n_out: int, logits: np.ndarray) -> None:
+        n = len(toks)
         pos0 = cache.reserve(n)
-        n_out = n if all_logits else 1
         lib = library()
         need = lib.lm_forward_workspace_bytes(self.struct, cache.struct, n, self.pool.n_threads)
         if self._workspace.nbytes < need:
             self._workspace = np.zeros(need, np.uint8)
-        logits = np.empty((n_out, self.cfg.n_vocab), np.float32)
         rc = lib.lm_forward(
             self.pool.handle,
             self.struct,
@@ -381,4 +406,3 @@ class NativeLlama:
         if rc != 0:
             raise LlametteError(f"native forward failed (code {rc})")
         cache.seq_len = pos0 + n
-        return logits

@@ -41,7 +41,7 @@ static inline __m512i high_bits(const uint8_t *const qh[4], int half) {
 }
 
 static inline __attribute__((always_inline)) void load_block8(kind k, const uint8_t *const rows[8], int64_t b, block8 *o) {
-    uint16_t dh[8], mh[8];
+    uint16_t dh[8], mh[8] = {0};
     const __m512i low4 = _mm512_set1_epi8(0x0F);
     for (int g = 0; g < 2; g++) { /* rows 4g .. 4g+3 */
         const uint8_t *const *r = rows + 4 * g;
@@ -92,8 +92,13 @@ static inline __attribute__((always_inline)) void load_block8(kind k, const uint
         o->w[2 * g] = lo;
         o->w[2 * g + 1] = hi;
     }
-    o->d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh));
-    if (k == K_Q4_1 || k == K_Q5_1) o->m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh));
+    /* built in registers: eight 2-byte stores read back as one vector would stall store forwarding */
+    o->d = _mm256_cvtph_ps(_mm_setr_epi16((short)dh[0], (short)dh[1], (short)dh[2], (short)dh[3], (short)dh[4],
+                                          (short)dh[5], (short)dh[6], (short)dh[7]));
+    if (k == K_Q4_1 || k == K_Q5_1) {
+        o->m = _mm256_cvtph_ps(_mm_setr_epi16((short)mh[0], (short)mh[1], (short)mh[2], (short)mh[3], (short)mh[4],
+                                              (short)mh[5], (short)mh[6], (short)mh[7]));
+    }
 }
 
 /* weight bias (as unsigned bytes) per kind: subtract bias * sum(activation) per lane */
@@ -106,6 +111,8 @@ static inline int bias_of(kind k) {
     }
 }
 
+#define GATHER8 _mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 0, 0, 0, 0, 0, 0, 0, 0)
+
 static const int32_t SPREAD[2][16] = {{0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},
                                       {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7}};
 
@@ -114,21 +121,35 @@ static const int32_t SPREAD[2][16] = {{0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3,
 static int32_t *bias_terms(kind k, const lm_mm_args *a, int64_t nb) {
     const int bias = bias_of(k);
     if (!bias) return NULL;
-    int32_t *corr = malloc((size_t)(a->n * nb * 8) * sizeof(int32_t));
+    /* per (column, block): 8 lane terms, then (at n * nb * 8 + c * nb + b) the block's total */
+    int32_t *corr = malloc((size_t)(a->n * nb * 9) * sizeof(int32_t));
     if (!corr) return NULL;
+    int32_t *total = corr + a->n * nb * 8;
     for (int64_t c = 0; c < a->n; c++) {
         const block_q8_0 *y = (const block_q8_0 *)(a->act + c * a->act_row_bytes);
-        for (int64_t b = 0; b < nb; b++)
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sum = 0;
             for (int j = 0; j < 8; j++) {
                 const int8_t *q = y[b].qs + 4 * j;
                 corr[(c * nb + b) * 8 + j] = bias * (q[0] + q[1] + q[2] + q[3]);
+                sum += corr[(c * nb + b) * 8 + j];
             }
+            total[c * nb + b] = sum;
+        }
     }
     return corr;
 }
 
+/* prefetch (into L2) this block's share of the next 8-row group, so each group streams in while the previous
+ * one computes: small matrices are otherwise latency-bound, starting cold after every barrier */
+static inline void prefetch_next(const uint8_t *next, int64_t chunk, int64_t b) {
+    if (!next) return;
+    for (int64_t off = b * chunk; off < (b + 1) * chunk; off += 64) _mm_prefetch((const char *)next + off, _MM_HINT_T1);
+}
+
 /* vec_dot semantics: per (row, lane) accumulators, hsum8 at the end */
-static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_args *a, int64_t r, const int32_t *corr) {
+static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_args *a, int64_t r, const int32_t *corr,
+                                                           const uint8_t *next) {
     const lm_weight *w = a->w;
     const int64_t nb = w->cols / QK;
     const uint8_t *rows[8];
@@ -146,6 +167,7 @@ static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_ar
         for (int64_t b = 0; b < nb; b++) {
             block8 blk;
             load_block8(k, rows, b, &blk);
+            if (c0 == 0) prefetch_next(next, 8 * w->row_bytes / nb, b);
             for (int c = 0; c < nc; c++) {
                 const uint8_t *act = a->act + (c0 + c) * a->act_row_bytes;
                 const int8_t *ys;
@@ -199,7 +221,8 @@ static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_ar
 }
 
 /* llama.cpp's repacked 8x8 semantics (Q4_0, IQ4_NL): one accumulator per output, fmaf(block dot, dw*dy) */
-static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_args *a, int64_t r, const int32_t *corr) {
+static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_args *a, int64_t r, const int32_t *corr,
+                                                          const uint8_t *next) {
     const lm_weight *w = a->w;
     const int64_t nb = w->cols / QK;
     const uint8_t *rows[8];
@@ -212,30 +235,20 @@ static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_arg
         for (int64_t b = 0; b < nb; b++) {
             block8 blk;
             load_block8(k, rows, b, &blk);
+            if (c0 == 0) prefetch_next(next, 8 * w->row_bytes / nb, b);
             for (int c = 0; c < nc; c++) {
                 const block_q8_0 *y = (const block_q8_0 *)(a->act + (c0 + c) * a->act_row_bytes) + b;
                 const __m512i ylo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)y->qs));
                 const __m512i yhi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(y->qs + 16)));
-                /* per row: all 8 lanes summed (exact integers) */
-                __m512i s03 = _mm512_add_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[0], ylo),
-                                               _mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[1], yhi));
-                __m512i s47 = _mm512_add_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[2], ylo),
-                                               _mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[3], yhi));
-                s03 = _mm512_add_epi32(s03, _mm512_shuffle_epi32(s03, 0x4E));
-                s03 = _mm512_add_epi32(s03, _mm512_shuffle_epi32(s03, 0xB1));
-                s47 = _mm512_add_epi32(s47, _mm512_shuffle_epi32(s47, 0x4E));
-                s47 = _mm512_add_epi32(s47, _mm512_shuffle_epi32(s47, 0xB1));
-                /* every lane of chunk i now holds row i's dot: gather lane 0 of each chunk */
-                int32_t l03[16], l47[16], d8[8];
-                _mm512_storeu_si512(l03, s03);
-                _mm512_storeu_si512(l47, s47);
-                for (int i = 0; i < 4; i++) d8[i] = l03[4 * i], d8[4 + i] = l47[4 * i];
-                __m256i dots = _mm256_loadu_si256((const __m256i *)d8);
-                if (bias) { /* bias * sum(y) over the whole block */
-                    const int32_t *cb = corr + ((c0 + c) * nb + b) * 8;
-                    const int total = cb[0] + cb[1] + cb[2] + cb[3] + cb[4] + cb[5] + cb[6] + cb[7];
-                    dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(total));
-                }
+                /* per row: all 8 lanes summed (exact integers); chunk i of s03 / s47 holds row i / 4 + i */
+                const __m512i s03 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[0], ylo), blk.w[1], yhi);
+                const __m512i s47 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[2], ylo), blk.w[3], yhi);
+                const __m512i h03 = _mm512_add_epi32(s03, _mm512_shuffle_epi32(s03, 0x4E)); /* [x y x y] */
+                const __m512i h47 = _mm512_add_epi32(s47, _mm512_shuffle_epi32(s47, 0x4E)); /* [u v u v] */
+                const __m512i mix = _mm512_mask_blend_epi32(0xCCCC, h03, h47);               /* [x y u v] */
+                const __m512i sum = _mm512_add_epi32(mix, _mm512_shuffle_epi32(mix, 0xB1)); /* [r r r+4 r+4] */
+                __m256i dots = _mm512_castsi512_si256(_mm512_permutexvar_epi32(GATHER8, sum));
+                if (bias) dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(corr[a->n * nb * 8 + (c0 + c) * nb + b]));
                 const __m256 dd = _mm256_mul_ps(blk.d, _mm256_set1_ps(lm_h2f(y->d)));
                 acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), dd, acc[c]);
             }
@@ -246,8 +259,10 @@ static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_arg
 
 /* one instantiation per kind, so the compiler specialises the inlined loops */
 #define KERNELS(name, K)                                                                                  \
-    static void vec_##name(const lm_mm_args *a, int64_t r, const int32_t *c) { run_vec(K, a, r, c); }     \
-    static void x8_##name(const lm_mm_args *a, int64_t r, const int32_t *c) { run_x8(K, a, r, c); }
+    static void vec_##name(const lm_mm_args *a, int64_t r, const int32_t *c, const uint8_t *n) {          \
+        run_vec(K, a, r, c, n);                                                                           \
+    }                                                                                                     \
+    static void x8_##name(const lm_mm_args *a, int64_t r, const int32_t *c, const uint8_t *n) { run_x8(K, a, r, c, n); }
 KERNELS(q4_0, K_Q4_0)
 KERNELS(q4_1, K_Q4_1)
 KERNELS(q5_0, K_Q5_0)
@@ -269,7 +284,7 @@ int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1) {
     const int repacked = (a->w->flags & LM_REPACKED) && (k == K_Q4_0 || k == K_IQ4_NL);
     /* one IQ4_NL column: ggml_vec_dot splits even and odd blocks (dot.c); batches use tinyBLAS's plain order */
     if (k == K_IQ4_NL && !repacked && a->n < 2) return 0;
-    typedef void (*runner)(const lm_mm_args *, int64_t, const int32_t *);
+    typedef void (*runner)(const lm_mm_args *, int64_t, const int32_t *, const uint8_t *);
     const runner vec[] = {vec_q4_0, vec_q4_1, vec_q5_0, vec_q5_1, vec_q8_0, vec_iq4_nl};
     const runner x8[] = {x8_q4_0, x8_q4_1, x8_q5_0, x8_q5_1, x8_q8_0, x8_iq4_nl};
     const runner run = repacked ? x8[k] : vec[k];
@@ -277,7 +292,10 @@ int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1) {
     int32_t *corr = bias_terms(k, a, a->w->cols / QK);
     if (bias_of(k) && !corr) return 0; /* out of memory: the per-row kernels take over */
     int64_t r = r0;
-    for (; r + 8 <= r1; r += 8) run(a, r, corr);
+    for (; r + 8 <= r1; r += 8) {
+        const uint8_t *next = r + 16 <= r1 ? (const uint8_t *)a->w->data + (r + 8) * a->w->row_bytes : NULL;
+        run(a, r, corr, next);
+    }
     free(corr);
     return (int)(r - r0);
 }

@@ -148,12 +148,12 @@ static inline void prefetch_next(const uint8_t *next, int64_t chunk, int64_t b) 
 }
 
 /* vec_dot semantics: per (row, lane) accumulators, hsum8 at the end */
-static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_args *a, int64_t r, const int32_t *corr,
-                                                           const uint8_t *next) {
+static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_args *a, const int64_t ri[8],
+                                                           const int32_t *corr, const uint8_t *next) {
     const lm_weight *w = a->w;
     const int64_t nb = w->cols / QK;
     const uint8_t *rows[8];
-    for (int i = 0; i < 8; i++) rows[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
+    for (int i = 0; i < 8; i++) rows[i] = (const uint8_t *)w->data + ri[i] * w->row_bytes;
     const __m512i spread0 = _mm512_loadu_si512(SPREAD[0]), spread1 = _mm512_loadu_si512(SPREAD[1]);
     const int bias = bias_of(k), has_min = k == K_Q4_1 || k == K_Q5_1;
     for (int64_t c0 = 0; c0 < a->n; c0 += NCOL) {
@@ -214,19 +214,19 @@ static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_ar
                 _mm512_storeu_ps(lanes, u);
                 for (int i = 0; i < 4; i++) out[4 * g + i] = lanes[4 * i];
             }
-            float *y = a->y + (c0 + c) * a->y_stride + r;
-            for (int i = 0; i < 8; i++) y[i] = has_min ? out[i] + mins[i] : out[i];
+            float *y = a->y + (c0 + c) * a->y_stride;
+            for (int i = 0; i < 8; i++) y[ri[i]] = has_min ? out[i] + mins[i] : out[i];
         }
     }
 }
 
 /* llama.cpp's repacked 8x8 semantics (Q4_0, IQ4_NL): one accumulator per output, fmaf(block dot, dw*dy) */
-static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_args *a, int64_t r, const int32_t *corr,
-                                                          const uint8_t *next) {
+static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_args *a, const int64_t ri[8],
+                                                          const int32_t *corr, const uint8_t *next) {
     const lm_weight *w = a->w;
     const int64_t nb = w->cols / QK;
     const uint8_t *rows[8];
-    for (int i = 0; i < 8; i++) rows[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
+    for (int i = 0; i < 8; i++) rows[i] = (const uint8_t *)w->data + ri[i] * w->row_bytes;
     const int bias = bias_of(k);
     for (int64_t c0 = 0; c0 < a->n; c0 += NCOL) {
         const int nc = (int)(a->n - c0 < NCOL ? a->n - c0 : NCOL);
@@ -253,16 +253,22 @@ static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_arg
                 acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), dd, acc[c]);
             }
         }
-        for (int c = 0; c < nc; c++) _mm256_storeu_ps(a->y + (c0 + c) * a->y_stride + r, acc[c]);
+        for (int c = 0; c < nc; c++) {
+            float out[8];
+            _mm256_storeu_ps(out, acc[c]);
+            for (int i = 0; i < 8; i++) a->y[(c0 + c) * a->y_stride + ri[i]] = out[i];
+        }
     }
 }
 
 /* one instantiation per kind, so the compiler specialises the inlined loops */
 #define KERNELS(name, K)                                                                                  \
-    static void vec_##name(const lm_mm_args *a, int64_t r, const int32_t *c, const uint8_t *n) {          \
+    static void vec_##name(const lm_mm_args *a, const int64_t *r, const int32_t *c, const uint8_t *n) {   \
         run_vec(K, a, r, c, n);                                                                           \
     }                                                                                                     \
-    static void x8_##name(const lm_mm_args *a, int64_t r, const int32_t *c, const uint8_t *n) { run_x8(K, a, r, c, n); }
+    static void x8_##name(const lm_mm_args *a, const int64_t *r, const int32_t *c, const uint8_t *n) {    \
+        run_x8(K, a, r, c, n);                                                                            \
+    }
 KERNELS(q4_0, K_Q4_0)
 KERNELS(q4_1, K_Q4_1)
 KERNELS(q5_0, K_Q5_0)
@@ -270,7 +276,7 @@ KERNELS(q5_1, K_Q5_1)
 KERNELS(q8_0, K_Q8_0)
 KERNELS(iq4_nl, K_IQ4_NL)
 
-int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1) {
+int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1, int streams) {
     kind k;
     switch (a->w->type) {
         case T_Q4_0: k = K_Q4_0; break;
@@ -284,24 +290,33 @@ int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1) {
     const int repacked = (a->w->flags & LM_REPACKED) && (k == K_Q4_0 || k == K_IQ4_NL);
     /* one IQ4_NL column: ggml_vec_dot splits even and odd blocks (dot.c); batches use tinyBLAS's plain order */
     if (k == K_IQ4_NL && !repacked && a->n < 2) return 0;
-    typedef void (*runner)(const lm_mm_args *, int64_t, const int32_t *, const uint8_t *);
+    typedef void (*runner)(const lm_mm_args *, const int64_t *, const int32_t *, const uint8_t *);
     const runner vec[] = {vec_q4_0, vec_q4_1, vec_q5_0, vec_q5_1, vec_q8_0, vec_iq4_nl};
     const runner x8[] = {x8_q4_0, x8_q4_1, x8_q5_0, x8_q5_1, x8_q8_0, x8_iq4_nl};
     const runner run = repacked ? x8[k] : vec[k];
     if (r1 - r0 < 8) return 0;
     int32_t *corr = bias_terms(k, a, a->w->cols / QK);
     if (bias_of(k) && !corr) return 0; /* out of memory: the per-row kernels take over */
-    int64_t r = r0;
-    for (; r + 8 <= r1; r += 8) {
-        const uint8_t *next = r + 16 <= r1 ? (const uint8_t *)a->w->data + (r + 8) * a->w->row_bytes : NULL;
-        run(a, r, corr, next);
+    const int64_t groups = (r1 - r0) / 8;
+    int64_t ri[8];
+    if (streams) { /* row i of group g is r0 + i * groups + g: 8 forward streams through 8 parts of the range */
+        for (int64_t g = 0; g < groups; g++) {
+            for (int i = 0; i < 8; i++) ri[i] = r0 + i * groups + g;
+            run(a, ri, corr, NULL);
+        }
+    } else { /* adjacent rows, the next group prefetched while this one computes */
+        for (int64_t g = 0; g < groups; g++) {
+            for (int i = 0; i < 8; i++) ri[i] = r0 + 8 * g + i;
+            const uint8_t *next = g + 1 < groups ? (const uint8_t *)a->w->data + (r0 + 8 * g + 8) * a->w->row_bytes : NULL;
+            run(a, ri, corr, next);
+        }
     }
     free(corr);
-    return (int)(r - r0);
+    return (int)(groups * 8);
 }
 
 #else
-int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1) {
+int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1, int streams) {
     (void)a, (void)r0, (void)r1;
     return 0;
 }

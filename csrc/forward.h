@@ -12,6 +12,8 @@
 /* lm_weight.flags: llama.cpp repacks this weight into 8-row interleaved blocks (Q4_0, IQ4_NL, Q4_K, Q2_K with
  * rows % 8 == 0 on AVX2 machines), whose kernels accumulate differently from the plain vec_dot ones */
 #define LM_REPACKED 1
+/* lm_weight.flags: the data itself is interleaved in 8-row blocks (lm_interleave), not the GGUF row layout */
+#define LM_INTERLEAVED 2
 
 typedef struct {
     const void *data; /* rows x row_bytes, GGUF block layout */

@@ -224,7 +224,7 @@ void lm_mm_rows(const lm_mm_args *a, int64_t r0, int64_t r1) {
     } else {
         /* few columns: 8 rows side by side from 8 streams suits the 4-bit formats (their per-block work is
          * spread over 8 rows at once); Q8_0 streams faster through the per-row kernel (measured) */
-        if (a->n >= MM8_MIN_COLS) r0 += lm_mm8(a, r0, r1, 0);
+        if (a->n >= MM8_MIN_COLS || (a->w->flags & LM_INTERLEAVED)) r0 += lm_mm8(a, r0, r1, 0);
         else if (a->w->type != T_Q8_0) r0 += lm_mm8(a, r0, r1, 1);
         if (r0 < r1) {
 #if LM_AVX2

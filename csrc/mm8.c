@@ -15,6 +15,7 @@
 
 #define NCOL 4
 
+
 typedef enum { K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, K_IQ4_NL } kind;
 
 typedef struct {
@@ -38,6 +39,24 @@ static inline __m512i high_bits(const uint8_t *const qh[4], int half) {
         mask |= (uint64_t)((v >> (16 * half)) & 0xFFFF) << (16 * i);
     }
     return _mm512_maskz_mov_epi8(mask, _mm512_set1_epi8(0x10));
+}
+
+/* one interleaved block of 8 rows (lm_interleave's layout): two loads of codes, one of scales, in order */
+static inline __attribute__((always_inline)) void load_block8_interleaved(kind k, const uint8_t *g, block8 *o) {
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    o->d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));
+    for (int h = 0; h < 2; h++) {
+        const __m512i raw = _mm512_loadu_si512(g + 16 + 64 * h);
+        __m512i lo = _mm512_and_si512(raw, low4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+        if (k == K_IQ4_NL) {
+            const __m512i lut = _mm512_broadcast_i32x4(_mm_xor_si128(
+                _mm_loadu_si128((const __m128i *)lm_iq4nl_values), _mm_set1_epi8((char)0x80)));
+            lo = _mm512_shuffle_epi8(lut, lo);
+            hi = _mm512_shuffle_epi8(lut, hi);
+        }
+        o->w[2 * h] = lo;
+        o->w[2 * h + 1] = hi;
+    }
 }
 
 static inline __attribute__((always_inline)) void load_block8(kind k, const uint8_t *const rows[8], int64_t b, block8 *o) {
@@ -227,6 +246,9 @@ static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_arg
     const int64_t nb = w->cols / QK;
     const uint8_t *rows[8];
     for (int i = 0; i < 8; i++) rows[i] = (const uint8_t *)w->data + ri[i] * w->row_bytes;
+    /* interleaved: rows ri[0] .. ri[0] + 7 are one group of nb 144-byte blocks */
+    const uint8_t *group = (const uint8_t *)w->data + (ri[0] / 8) * nb * 144;
+    const int interleaved = (w->flags & LM_INTERLEAVED) != 0;
     const int bias = bias_of(k);
     for (int64_t c0 = 0; c0 < a->n; c0 += NCOL) {
         const int nc = (int)(a->n - c0 < NCOL ? a->n - c0 : NCOL);
@@ -234,8 +256,12 @@ static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_arg
         for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
             block8 blk;
-            load_block8(k, rows, b, &blk);
-            if (c0 == 0) prefetch_next(next, 8 * w->row_bytes / nb, b);
+            if (interleaved) {
+                load_block8_interleaved(k, group + b * 144, &blk);
+            } else {
+                load_block8(k, rows, b, &blk);
+                if (c0 == 0) prefetch_next(next, 8 * w->row_bytes / nb, b);
+            }
             for (int c = 0; c < nc; c++) {
                 const block_q8_0 *y = (const block_q8_0 *)(a->act + (c0 + c) * a->act_row_bytes) + b;
                 const __m512i ylo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)y->qs));
@@ -248,7 +274,12 @@ static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_arg
                 const __m512i mix = _mm512_mask_blend_epi32(0xCCCC, h03, h47);               /* [x y u v] */
                 const __m512i sum = _mm512_add_epi32(mix, _mm512_shuffle_epi32(mix, 0xB1)); /* [r r r+4 r+4] */
                 __m256i dots = _mm512_castsi512_si256(_mm512_permutexvar_epi32(GATHER8, sum));
-                if (bias) dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(corr[a->n * nb * 8 + (c0 + c) * nb + b]));
+                if (bias) { /* bias * sum(y): precomputed, or here when there was no memory for it */
+                    const int32_t total = corr ? corr[a->n * nb * 8 + (c0 + c) * nb + b]
+                                               : lm_hsum_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(),
+                                                     _mm256_set1_epi8((char)bias), _mm256_loadu_si256((const __m256i *)y->qs)));
+                    dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(total));
+                }
                 const __m256 dd = _mm256_mul_ps(blk.d, _mm256_set1_ps(lm_h2f(y->d)));
                 acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), dd, acc[c]);
             }
@@ -258,6 +289,49 @@ static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_arg
             _mm256_storeu_ps(out, acc[c]);
             for (int i = 0; i < 8; i++) a->y[(c0 + c) * a->y_stride + ri[i]] = out[i];
         }
+    }
+}
+
+/* interleaved weights, few columns: GS groups of 8 rows from GS separate parts of the range side by side, so
+ * GS forward streams keep enough memory requests in flight (one stream alone leaves bandwidth unused) */
+#define GS 4
+static inline __attribute__((always_inline)) void run_x8i(kind k, const lm_mm_args *a, const int64_t g[GS], int ng,
+                                                           const int32_t *corr) {
+    const lm_weight *w = a->w;
+    const int64_t nb = w->cols / QK;
+    const int bias = bias_of(k);
+    const uint8_t *group[GS];
+    for (int i = 0; i < GS; i++) group[i] = (const uint8_t *)w->data + g[i < ng ? i : 0] * nb * 144;
+    for (int64_t c = 0; c < a->n; c++) {
+        __m256 acc[GS];
+        for (int i = 0; i < GS; i++) acc[i] = _mm256_setzero_ps();
+        const block_q8_0 *yc = (const block_q8_0 *)(a->act + c * a->act_row_bytes);
+        for (int64_t b = 0; b < nb; b++) {
+            const block_q8_0 *y = yc + b;
+            const __m512i ylo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)y->qs));
+            const __m512i yhi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(y->qs + 16)));
+            const __m256 dy = _mm256_set1_ps(lm_h2f(y->d));
+            int32_t total = 0;
+            if (bias) {
+                total = corr ? corr[a->n * nb * 8 + c * nb + b]
+                             : lm_hsum_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)bias),
+                                                                 _mm256_loadu_si256((const __m256i *)y->qs)));
+            }
+            for (int i = 0; i < GS; i++) {
+                block8 blk;
+                load_block8_interleaved(k, group[i] + b * 144, &blk);
+                const __m512i s03 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[0], ylo), blk.w[1], yhi);
+                const __m512i s47 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[2], ylo), blk.w[3], yhi);
+                const __m512i h03 = _mm512_add_epi32(s03, _mm512_shuffle_epi32(s03, 0x4E));
+                const __m512i h47 = _mm512_add_epi32(s47, _mm512_shuffle_epi32(s47, 0x4E));
+                const __m512i mix = _mm512_mask_blend_epi32(0xCCCC, h03, h47);
+                const __m512i sum = _mm512_add_epi32(mix, _mm512_shuffle_epi32(mix, 0xB1));
+                __m256i dots = _mm512_castsi512_si256(_mm512_permutexvar_epi32(GATHER8, sum));
+                if (bias) dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(total));
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_mul_ps(blk.d, dy), acc[i]);
+            }
+        }
+        for (int i = 0; i < ng; i++) _mm256_storeu_ps(a->y + c * a->y_stride + 8 * g[i], acc[i]);
     }
 }
 
@@ -275,6 +349,8 @@ KERNELS(q5_0, K_Q5_0)
 KERNELS(q5_1, K_Q5_1)
 KERNELS(q8_0, K_Q8_0)
 KERNELS(iq4_nl, K_IQ4_NL)
+static void x8i_q4_0(const lm_mm_args *a, const int64_t *g, int ng, const int32_t *c) { run_x8i(K_Q4_0, a, g, ng, c); }
+static void x8i_iq4_nl(const lm_mm_args *a, const int64_t *g, int ng, const int32_t *c) { run_x8i(K_IQ4_NL, a, g, ng, c); }
 
 int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1, int streams) {
     kind k;
@@ -296,7 +372,21 @@ int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1, int streams) {
     const runner run = repacked ? x8[k] : vec[k];
     if (r1 - r0 < 8) return 0;
     int32_t *corr = bias_terms(k, a, a->w->cols / QK);
-    if (bias_of(k) && !corr) return 0; /* out of memory: the per-row kernels take over */
+    const int interleaved = (a->w->flags & LM_INTERLEAVED) != 0;
+    if (bias_of(k) && !corr && !interleaved) return 0; /* out of memory: the per-row kernels take over */
+    if (interleaved && a->n < NCOL) { /* GS streams of whole groups */
+        const int64_t groups = (r1 - r0) / 8, part = (groups + GS - 1) / GS;
+        for (int64_t j = 0; j < part; j++) {
+            int64_t g[GS];
+            int ng = 0;
+            for (int i = 0; i < GS; i++)
+                if (i * part + j < groups) g[ng++] = r0 / 8 + i * part + j;
+            (k == K_Q4_0 ? x8i_q4_0 : x8i_iq4_nl)(a, g, ng, corr);
+        }
+        free(corr);
+        return (int)(groups * 8);
+    }
+    if (interleaved) streams = 0; /* batches: one group after the other */
     const int64_t groups = (r1 - r0) / 8;
     int64_t ri[8];
     if (streams) { /* row i of group g is r0 + i * groups + g: 8 forward streams through 8 parts of the range */
@@ -315,9 +405,31 @@ int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1, int streams) {
     return (int)(groups * 8);
 }
 
+int lm_can_interleave(int type) { return type == T_Q4_0 || type == T_IQ4_NL; }
+
 #else
+int lm_can_interleave(int type) {
+    (void)type;
+    return 0;
+}
+
 int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1, int streams) {
     (void)a, (void)r0, (void)r1;
     return 0;
 }
 #endif
+
+int lm_interleave(int type, const void *src, void *dst, int64_t rows, int64_t cols) {
+    if (!lm_can_interleave(type) || rows % 8 || cols % QK) return -1;
+    const int64_t nb = cols / QK;
+    const block_q4_0 *in = src; /* IQ4_NL has the same block layout */
+    uint8_t *out = dst;
+    for (int64_t g = 0; g < rows / 8; g++)
+        for (int64_t b = 0; b < nb; b++, out += 144)
+            for (int i = 0; i < 8; i++) {
+                const block_q4_0 *x = in + (8 * g + i) * nb + b;
+                memcpy(out + 2 * i, &x->d, 2);
+                memcpy(out + 16 + 16 * i, x->qs, 16);
+            }
+    return 0;
+}

@@ -67,11 +67,21 @@ def test_info(capsys) -> None:
         "Q4_1 x210",
         "pre-tokenizer smollm",
         "chat template:",
+        "weights memory-mapped and read in place",  # Q4_1 is never repacked
         "runs in llamette: yes",
     ):
         assert fragment in out
     code, out, _ = run_cli(["info", "-m", str(tiny_path("Q4_K")), "--tensors", "--metadata"], capsys)
     assert code == 0 and "blk.1.ffn_down.weight" in out and "llama.block_count = 2" in out
+
+
+def test_info_says_which_weights_are_repacked(capsys) -> None:
+    from llamette.kernels import cpu
+
+    if not cpu.available() or not cpu.can_interleave(cpu.GGMLType.Q4_0):
+        pytest.skip("this build reads Q4_0 in place")
+    code, out, _ = run_cli(["info", "-m", str(tiny_path("Q4_0"))], capsys)
+    assert code == 0 and "repacked at load into 8-row interleaved blocks" in out
 
 
 def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:

@@ -104,9 +104,13 @@ def test_matmul_equals_exact_product(wtype: GGMLType, pools) -> None:
         x = (rng.standard_normal((n, k)) * rng.uniform(0.1, 10)).astype(np.float32)
         act = cpu.quantize_activations(wtype, x)
         ref = exact_product(wtype, w, k, act)
-        variants = [False] + ([True] if wtype in cpu.REPACKED_TYPES and rows % 8 == 0 else [])
-        for repacked in variants:
-            one, two = (cpu.matmul(p, wtype, w, k, x, repacked=repacked) for p in pools)
+        variants = [(False, False)]
+        if wtype in cpu.REPACKED_TYPES and rows % 8 == 0:
+            variants.append((True, False))
+            if cpu.can_interleave(wtype):
+                variants.append((True, True))
+        for repacked, interleave in variants:
+            one, two = (cpu.matmul(p, wtype, w, k, x, repacked=repacked, interleave=interleave) for p in pools)
             assert np.array_equal(one, two), f"{wtype.name} {rows}x{k} n={n}: 1 and 2 threads differ"
             err = np.abs(one - ref).max() / np.abs(ref).max()
             assert err < 2e-6, f"{wtype.name} {rows}x{k} n={n} repacked={repacked}: relative error {err:.2e}"

@@ -65,6 +65,18 @@ def test_native_agrees_with_reference() -> None:
     assert relative_error(a, b) < 0.03
 
 
+def test_interleaved_copies_are_counted() -> None:
+    # Q4_0 matrices with rows % 8 == 0 are copied into 8-row interleaved blocks (the embedding table is not)
+    model = load(tiny_path("Q4_0"))
+    expected = sum(
+        t.nbytes
+        for name, t in model.gguf.tensors.items()
+        if name != "token_embd.weight" and t.type == cpu.GGMLType.Q4_0 and t.shape[0] % 8 == 0
+    )
+    assert expected > 0 and model.net.repacked_bytes == (expected if cpu.can_interleave(cpu.GGMLType.Q4_0) else 0)
+    assert load(tiny_path("Q8_0")).net.repacked_bytes == 0
+
+
 def test_kv_cache_grows_with_use() -> None:
     model = load(tiny_path("Q8_0"))
     cache = model.new_cache(4096)

@@ -123,8 +123,17 @@ def model_summary(model: Model) -> dict:
         "n_params": params,
         "backend": model.backend,
         "n_threads": getattr(model.net, "n_threads", 1),
-        "weights": "memory-mapped, read in place (not repacked)" if model.backend == "cpu" else "dequantized (numpy)",
+        "weights": _weights_note(model),
     }
+
+
+def _weights_note(model: Model) -> str:
+    if model.backend != "cpu":
+        return "dequantized (numpy)"
+    copied = getattr(model.net, "repacked_bytes", 0)
+    if not copied:
+        return "memory-mapped, read in place (not repacked)"
+    return f"memory-mapped; {copied / 2**20:.1f} MiB repacked into 8-row interleaved blocks at load (as llama.cpp)"
 
 
 def _params_label(n: int) -> str:

@@ -91,8 +91,26 @@ def describe(
         add("metadata:")
         for key, value in meta.items():
             add(f"    {key} = {_short(value)}")
+    if n_params and not problem:
+        add(f"native CPU:    {_native_layout(gguf)}")
     add(f"runs in llamette: {'no (see the error below)' if problem else 'yes'}")
     return "\n".join(lines) + "\n", problem
+
+
+def _native_layout(gguf: GGUFFile) -> str:
+    """How the native backend holds the weights: memory-mapped, plus the interleaved copies it makes at load."""
+    from llamette.kernels.cpu import NativeUnavailable, interleaved_bytes
+
+    try:
+        copied = interleaved_bytes(gguf)
+    except NativeUnavailable:
+        return "native library unavailable (the numpy backend dequantizes the weights)"
+    if not copied:
+        return "weights memory-mapped and read in place"
+    return (
+        f"weights memory-mapped; {copied / _MIB:.1f} MiB repacked at load into 8-row interleaved blocks "
+        "(as llama.cpp's CPU_REPACK), their file pages released"
+    )
 
 
 def _tokenizer_lines(tok: Tokenizer) -> list[str]:

@@ -255,6 +255,18 @@ class GGUFFile:
         arch = self.metadata.get("general.architecture")
         return arch if isinstance(arch, str) else None
 
+    def release(self, name: str) -> None:
+        """Drop a tensor's pages from this process (they stay in the page cache, and come back if read again):
+        for data the caller has copied elsewhere, e.g. repacked."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        info = self.tensors[name]
+        page = mmap.PAGESIZE
+        start = (info.offset + page - 1) // page * page  # whole pages inside the tensor only
+        end = (info.offset + info.nbytes) // page * page
+        if end > start:
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def close(self) -> None:
         # numpy views may still use the mapping: then it is unmapped when they are gone
         with contextlib.suppress(BufferError):

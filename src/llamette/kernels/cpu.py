@@ -34,6 +34,7 @@ class NativeUnavailable(LlametteError):
 
 
 LM_REPACKED = 1
+LM_INTERLEAVED = 2
 # llama.cpp (x86 with AVX2; Q2_K needs AVX-512) repacks these weight types into 8-row interleaved blocks when
 # rows % 8 == 0, and their kernels round differently: the native kernels compute what llama.cpp's would,
 # reading the GGUF layout in place (nothing is repacked here)
@@ -109,6 +110,8 @@ def library() -> ctypes.CDLL:
         "lm_quantize_act": (c_int, [c_int, c_void_p, c_void_p, c_int64]),
         "lm_vec_dot": (c_float, [c_int, c_int64, c_void_p, c_void_p]),
         "lm_matmul": (c_int, [c_void_p, c_int, c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p]),
+        "lm_can_interleave": (c_int, [c_int]),
+        "lm_interleave": (c_int, [c_int, c_void_p, c_void_p, c_int64, c_int64]),
         "lm_forward_workspace_bytes": (c_size_t, [POINTER(LmModel), POINTER(LmKV), c_int64, c_int]),
         "lm_forward": (
             c_int,
@@ -206,9 +209,12 @@ def dequantize_rows(wtype: int, raw: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def matmul(pool: ThreadPool, wtype: int, w: np.ndarray, k: int, x: np.ndarray, repacked: bool = False) -> np.ndarray:
+def matmul(
+    pool: ThreadPool, wtype: int, w: np.ndarray, k: int, x: np.ndarray, repacked: bool = False, interleave: bool = False
+) -> np.ndarray:
     """x (n, k) float32 times W^T, W (rows, bytes per row) in its GGUF block layout -> (n, rows) float32.
-    repacked: round as llama.cpp's 8-row repacked kernels do (REPACKED_TYPES, rows % 8 == 0)."""
+    repacked: round as llama.cpp's 8-row repacked kernels do (REPACKED_TYPES, rows % 8 == 0).
+    interleave: also copy W into the interleaved layout the model uses for it where the build supports that."""
     lib = library()
     block = c_int()
     qk = lib.lm_block_size(int(wtype), ctypes.byref(block))
@@ -220,6 +226,12 @@ def matmul(pool: ThreadPool, wtype: int, w: np.ndarray, k: int, x: np.ndarray, r
         raise LlametteError(f"matmul: type {wtype} with {w.shape[0]} rows has no repacked layout")
     y = np.empty((x.shape[0], w.shape[0]), np.float32)
     flags = LM_REPACKED if repacked else 0
+    if interleave:
+        if not (repacked and lib.lm_can_interleave(int(wtype))):
+            raise LlametteError(f"matmul: type {wtype} is not interleaved by this build")
+        copy = np.empty_like(w)
+        lib.lm_interleave(int(wtype), w.ctypes.data, copy.ctypes.data, w.shape[0], k)
+        w, flags = copy, flags | LM_INTERLEAVED
     rc = lib.lm_matmul(pool.handle, int(wtype), flags, w.ctypes.data, w.shape[0], k, x.ctypes.data, x.shape[0],
                        y.ctypes.data)  # fmt: skip
     if rc:
@@ -281,6 +293,25 @@ class NativeKVCache:
         self.seq_len = 0
 
 
+def can_interleave(wtype: int) -> bool:
+    """Whether this build reads weights of this type from an 8-row interleaved copy (llama.cpp's CPU_REPACK)."""
+    return bool(library().lm_can_interleave(int(wtype)))
+
+
+def weight_layout(name: str, wtype: int, rows: int) -> int:
+    """LM_* flags for a model tensor: llama.cpp's repacked rounding where it repacks (REPACKED_TYPES, rows % 8
+    == 0; never the embedding table, read by rows even as the tied output), and an interleaved copy where this
+    build has one for the type."""
+    if wtype not in REPACKED_TYPES or rows % 8 or name == "token_embd.weight":
+        return 0
+    return LM_REPACKED | (LM_INTERLEAVED if can_interleave(wtype) else 0)
+
+
+def interleaved_bytes(gguf: GGUFFile) -> int:
+    """Bytes of this file's weights the native backend copies into the interleaved layout at load."""
+    return sum(t.nbytes for name, t in gguf.tensors.items() if weight_layout(name, t.type, t.shape[0]) & LM_INTERLEAVED)
+
+
 class NativeLlama:
     """The Llama forward pass in C: llama.cpp's arithmetic, reading the GGUF file's blocks in place."""
 
@@ -299,6 +330,7 @@ class NativeLlama:
         if not isinstance(n_ubatch, int) or n_ubatch < 1:
             raise LlametteError(f"n_ubatch must be a positive integer, got {n_ubatch!r}")
         self.cfg = cfg
+        self.repacked_bytes = 0  # weights copied into an interleaved layout (the rest is read from the file)
         self.flash_attn = bool(flash_attn)
         self.n_ubatch = n_ubatch
         self.pool = ThreadPool(default_threads() if n_threads is None else n_threads)
@@ -346,12 +378,20 @@ class NativeLlama:
 
     def _weight(self, gguf: GGUFFile, name: str) -> LmWeight:
         info, raw = gguf.tensors[name], gguf.tensor_bytes(name)
+        flags = weight_layout(name, info.type, info.shape[0])
+        if flags & LM_INTERLEAVED:
+            # like llama.cpp's CPU_REPACK: a copy with 8 rows interleaved per block, read in one stream; the
+            # file's pages are then dropped from this process
+            copy = np.empty(raw.shape, np.uint8)
+            rows, k = info.shape[0], info.shape[1]
+            rc = library().lm_interleave(int(info.type), raw.ctypes.data, copy.ctypes.data, rows, k)
+            if rc:
+                raise LlametteError(f"{gguf.path}: tensor {name!r} could not be interleaved (code {rc})")
+            raw = copy
+            self.repacked_bytes += copy.nbytes
+            gguf.release(name)
         self._keep.append(raw)
-        # the embedding table is never repacked (llama.cpp also reads it by rows), even as the tied output
-        repacked = info.type in REPACKED_TYPES and info.shape[0] % 8 == 0 and name != "token_embd.weight"
-        return LmWeight(
-            raw.ctypes.data, int(info.type), info.shape[0], info.shape[1], raw.shape[-1], LM_REPACKED if repacked else 0
-        )
+        return LmWeight(raw.ctypes.data, int(info.type), info.shape[0], info.shape[1], raw.shape[-1], flags)
 
     def _floats(self, gguf: GGUFFile, name: str) -> int:
         a = np.ascontiguousarray(dequantize(gguf.tensor_bytes(name), gguf.tensors[name].type), dtype=np.float32)

@@ -239,9 +239,45 @@ static inline __attribute__((always_inline)) void run_vec(kind k, const lm_mm_ar
     }
 }
 
-/* llama.cpp's repacked 8x8 semantics (Q4_0, IQ4_NL): one accumulator per output, fmaf(block dot, dw*dy) */
+/* column groups of 4 per pass over a weight block (2 and 3 measure alike; 1 is a few % slower) */
+#define CG 2
+
+/* per 4-column group and block: the 4 columns' activation scales, and bias * sum(y) (ints), side by side so
+ * one broadcast gives the 16 lanes (row i, column c) at 4i + c their values */
+typedef struct {
+    float *dy;
+    int32_t *tot;
+} col4_terms;
+
+static int col4_prepare(kind k, const lm_mm_args *a, int64_t nb, col4_terms *t) {
+    const int64_t ng = (a->n + 3) / 4;
+    t->dy = malloc((size_t)(ng * nb * 4) * (sizeof(float) + sizeof(int32_t)));
+    if (!t->dy) return -1;
+    t->tot = (int32_t *)(t->dy + ng * nb * 4);
+    const int bias = bias_of(k);
+    for (int64_t c = 0; c < ng * 4; c++) {
+        const block_q8_0 *y = (const block_q8_0 *)(a->act + (c < a->n ? c : a->n - 1) * a->act_row_bytes);
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sum = 0;
+            for (int e = 0; e < QK; e++) sum += y[b].qs[e];
+            t->dy[((c / 4) * nb + b) * 4 + c % 4] = lm_h2f(y[b].d);
+            t->tot[((c / 4) * nb + b) * 4 + c % 4] = bias * sum;
+        }
+    }
+    return 0;
+}
+
+/* four 16-lane vectors of 4-lane partial sums (chunk i of each) -> lane 4i + v: the sum of chunk i of vector v */
+static inline __m512i reduce4(__m512i a, __m512i b, __m512i c, __m512i d) {
+    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+}
+
+/* llama.cpp's repacked 8x8 semantics (Q4_0, IQ4_NL): one accumulator per output, fmaf(block dot, dw*dy).
+ * Four columns at a time: their integer dots are reduced together, lane 4i + c for (row i, column c). */
 static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_args *a, const int64_t ri[8],
-                                                          const int32_t *corr, const uint8_t *next) {
+                                                          const col4_terms *t, const uint8_t *next) {
     const lm_weight *w = a->w;
     const int64_t nb = w->cols / QK;
     const uint8_t *rows[8];
@@ -250,10 +286,20 @@ static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_arg
     const uint8_t *group = (const uint8_t *)w->data + (ri[0] / 8) * nb * 144;
     const int interleaved = (w->flags & LM_INTERLEAVED) != 0;
     const int bias = bias_of(k);
-    for (int64_t c0 = 0; c0 < a->n; c0 += NCOL) {
-        const int nc = (int)(a->n - c0 < NCOL ? a->n - c0 : NCOL);
-        __m256 acc[NCOL];
-        for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();
+    const __m512i spread0 = _mm512_loadu_si512(SPREAD[0]), spread1 = _mm512_loadu_si512(SPREAD[1]);
+    for (int64_t c0 = 0; c0 < a->n; c0 += 4 * CG) {
+        /* CG groups of 4 columns share each unpacked weight block; missing columns repeat the first */
+        const block_q8_0 *yc[CG][4];
+        const float *dy4[CG];
+        const int32_t *tot4[CG];
+        __m512 acc03[CG], acc47[CG];
+        for (int q = 0; q < CG; q++) {
+            const int64_t cq = c0 + 4 * q < a->n ? c0 + 4 * q : c0;
+            for (int c = 0; c < 4; c++) yc[q][c] = (const block_q8_0 *)(a->act + (cq + c < a->n ? cq + c : c0) * a->act_row_bytes);
+            dy4[q] = t->dy + (cq / 4) * nb * 4;
+            tot4[q] = t->tot + (cq / 4) * nb * 4;
+            acc03[q] = acc47[q] = _mm512_setzero_ps();
+        }
         for (int64_t b = 0; b < nb; b++) {
             block8 blk;
             if (interleaved) {
@@ -262,32 +308,33 @@ static inline __attribute__((always_inline)) void run_x8(kind k, const lm_mm_arg
                 load_block8(k, rows, b, &blk);
                 if (c0 == 0) prefetch_next(next, 8 * w->row_bytes / nb, b);
             }
-            for (int c = 0; c < nc; c++) {
-                const block_q8_0 *y = (const block_q8_0 *)(a->act + (c0 + c) * a->act_row_bytes) + b;
-                const __m512i ylo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)y->qs));
-                const __m512i yhi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(y->qs + 16)));
-                /* per row: all 8 lanes summed (exact integers); chunk i of s03 / s47 holds row i / 4 + i */
-                const __m512i s03 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[0], ylo), blk.w[1], yhi);
-                const __m512i s47 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[2], ylo), blk.w[3], yhi);
-                const __m512i h03 = _mm512_add_epi32(s03, _mm512_shuffle_epi32(s03, 0x4E)); /* [x y x y] */
-                const __m512i h47 = _mm512_add_epi32(s47, _mm512_shuffle_epi32(s47, 0x4E)); /* [u v u v] */
-                const __m512i mix = _mm512_mask_blend_epi32(0xCCCC, h03, h47);               /* [x y u v] */
-                const __m512i sum = _mm512_add_epi32(mix, _mm512_shuffle_epi32(mix, 0xB1)); /* [r r r+4 r+4] */
-                __m256i dots = _mm512_castsi512_si256(_mm512_permutexvar_epi32(GATHER8, sum));
-                if (bias) { /* bias * sum(y): precomputed, or here when there was no memory for it */
-                    const int32_t total = corr ? corr[a->n * nb * 8 + (c0 + c) * nb + b]
-                                               : lm_hsum_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(),
-                                                     _mm256_set1_epi8((char)bias), _mm256_loadu_si256((const __m256i *)y->qs)));
-                    dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(total));
+            const __m512 dw = _mm512_castps256_ps512(blk.d);
+            const __m512 dw03 = _mm512_permutexvar_ps(spread0, dw), dw47 = _mm512_permutexvar_ps(spread1, dw);
+            for (int q = 0; q < CG; q++) {
+                __m512i s03[4], s47[4];
+                for (int c = 0; c < 4; c++) {
+                    const __m512i ylo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)yc[q][c][b].qs));
+                    const __m512i yhi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(yc[q][c][b].qs + 16)));
+                    s03[c] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[0], ylo), blk.w[1], yhi);
+                    s47[c] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), blk.w[2], ylo), blk.w[3], yhi);
                 }
-                const __m256 dd = _mm256_mul_ps(blk.d, _mm256_set1_ps(lm_h2f(y->d)));
-                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), dd, acc[c]);
+                __m512i r03 = reduce4(s03[0], s03[1], s03[2], s03[3]), r47 = reduce4(s47[0], s47[1], s47[2], s47[3]);
+                if (bias) {
+                    const __m512i tot = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tot4[q] + 4 * b)));
+                    r03 = _mm512_sub_epi32(r03, tot), r47 = _mm512_sub_epi32(r47, tot);
+                }
+                const __m512 dy = _mm512_broadcast_f32x4(_mm_loadu_ps(dy4[q] + 4 * b));
+                acc03[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r03), _mm512_mul_ps(dw03, dy), acc03[q]);
+                acc47[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r47), _mm512_mul_ps(dw47, dy), acc47[q]);
             }
         }
-        for (int c = 0; c < nc; c++) {
-            float out[8];
-            _mm256_storeu_ps(out, acc[c]);
-            for (int i = 0; i < 8; i++) a->y[(c0 + c) * a->y_stride + ri[i]] = out[i];
+        for (int q = 0; q < CG; q++) {
+            float out[32];
+            _mm512_storeu_ps(out, acc03[q]);
+            _mm512_storeu_ps(out + 16, acc47[q]);
+            for (int c = 0; c < 4 && c0 + 4 * q + c < a->n; c++)
+                for (int i = 0; i < 8; i++)
+                    a->y[(c0 + 4 * q + c) * a->y_stride + ri[i]] = out[(i / 4) * 16 + 4 * (i % 4) + c];
         }
     }
 }
@@ -336,21 +383,35 @@ static inline __attribute__((always_inline)) void run_x8i(kind k, const lm_mm_ar
 }
 
 /* one instantiation per kind, so the compiler specialises the inlined loops */
-#define KERNELS(name, K)                                                                                  \
-    static void vec_##name(const lm_mm_args *a, const int64_t *r, const int32_t *c, const uint8_t *n) {   \
-        run_vec(K, a, r, c, n);                                                                           \
-    }                                                                                                     \
-    static void x8_##name(const lm_mm_args *a, const int64_t *r, const int32_t *c, const uint8_t *n) {    \
-        run_x8(K, a, r, c, n);                                                                            \
+#define VEC_KERNEL(name, K)                                                                             \
+    static void vec_##name(const lm_mm_args *a, const int64_t *r, const int32_t *c, const uint8_t *n) { \
+        run_vec(K, a, r, c, n);                                                                         \
     }
-KERNELS(q4_0, K_Q4_0)
-KERNELS(q4_1, K_Q4_1)
-KERNELS(q5_0, K_Q5_0)
-KERNELS(q5_1, K_Q5_1)
-KERNELS(q8_0, K_Q8_0)
-KERNELS(iq4_nl, K_IQ4_NL)
+VEC_KERNEL(q4_0, K_Q4_0)
+VEC_KERNEL(q4_1, K_Q4_1)
+VEC_KERNEL(q5_0, K_Q5_0)
+VEC_KERNEL(q5_1, K_Q5_1)
+VEC_KERNEL(q8_0, K_Q8_0)
+VEC_KERNEL(iq4_nl, K_IQ4_NL)
+static void x8_q4_0(const lm_mm_args *a, const int64_t *r, const col4_terms *t, const uint8_t *n) { run_x8(K_Q4_0, a, r, t, n); }
+static void x8_iq4_nl(const lm_mm_args *a, const int64_t *r, const col4_terms *t, const uint8_t *n) { run_x8(K_IQ4_NL, a, r, t, n); }
 static void x8i_q4_0(const lm_mm_args *a, const int64_t *g, int ng, const int32_t *c) { run_x8i(K_Q4_0, a, g, ng, c); }
 static void x8i_iq4_nl(const lm_mm_args *a, const int64_t *g, int ng, const int32_t *c) { run_x8i(K_IQ4_NL, a, g, ng, c); }
+
+/* interleaved weights by GS streams of whole groups, one column at a time */
+static int64_t mm8_streams_interleaved(kind k, const lm_mm_args *a, int64_t r0, int64_t r1) {
+    int32_t *corr = bias_terms(k, a, a->w->cols / QK); /* NULL (out of memory): computed in the loop */
+    const int64_t groups = (r1 - r0) / 8, part = (groups + GS - 1) / GS;
+    for (int64_t j = 0; j < part; j++) {
+        int64_t g[GS];
+        int ng = 0;
+        for (int i = 0; i < GS; i++)
+            if (i * part + j < groups) g[ng++] = r0 / 8 + i * part + j;
+        (k == K_Q4_0 ? x8i_q4_0 : x8i_iq4_nl)(a, g, ng, corr);
+    }
+    free(corr);
+    return groups * 8;
+}
 
 int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1, int streams) {
     kind k;
@@ -363,42 +424,40 @@ int lm_mm8(const lm_mm_args *a, int64_t r0, int64_t r1, int streams) {
         case T_IQ4_NL: k = K_IQ4_NL; break;
         default: return 0;
     }
-    const int repacked = (a->w->flags & LM_REPACKED) && (k == K_Q4_0 || k == K_IQ4_NL);
-    /* one IQ4_NL column: ggml_vec_dot splits even and odd blocks (dot.c); batches use tinyBLAS's plain order */
-    if (k == K_IQ4_NL && !repacked && a->n < 2) return 0;
-    typedef void (*runner)(const lm_mm_args *, const int64_t *, const int32_t *, const uint8_t *);
-    const runner vec[] = {vec_q4_0, vec_q4_1, vec_q5_0, vec_q5_1, vec_q8_0, vec_iq4_nl};
-    const runner x8[] = {x8_q4_0, x8_q4_1, x8_q5_0, x8_q5_1, x8_q8_0, x8_iq4_nl};
-    const runner run = repacked ? x8[k] : vec[k];
     if (r1 - r0 < 8) return 0;
-    int32_t *corr = bias_terms(k, a, a->w->cols / QK);
+    const int64_t groups = (r1 - r0) / 8, nb = a->w->cols / QK;
+    const int repacked = (a->w->flags & LM_REPACKED) && (k == K_Q4_0 || k == K_IQ4_NL);
     const int interleaved = (a->w->flags & LM_INTERLEAVED) != 0;
-    if (bias_of(k) && !corr && !interleaved) return 0; /* out of memory: the per-row kernels take over */
-    if (interleaved && a->n < NCOL) { /* GS streams of whole groups */
-        const int64_t groups = (r1 - r0) / 8, part = (groups + GS - 1) / GS;
-        for (int64_t j = 0; j < part; j++) {
-            int64_t g[GS];
-            int ng = 0;
-            for (int i = 0; i < GS; i++)
-                if (i * part + j < groups) g[ng++] = r0 / 8 + i * part + j;
-            (k == K_Q4_0 ? x8i_q4_0 : x8i_iq4_nl)(a, g, ng, corr);
+    int64_t ri[8];
+    if (repacked) {
+        if (interleaved && a->n < NCOL) return (int)mm8_streams_interleaved(k, a, r0, r1);
+        col4_terms t;
+        if (col4_prepare(k, a, nb, &t)) /* out of memory: one column at a time needs none */
+            return interleaved ? (int)mm8_streams_interleaved(k, a, r0, r1) : 0;
+        for (int64_t g = 0; g < groups; g++) { /* adjacent rows; the next group prefetched unless interleaved */
+            for (int i = 0; i < 8; i++) ri[i] = r0 + 8 * g + i;
+            const uint8_t *next = g + 1 < groups ? (const uint8_t *)a->w->data + (r0 + 8 * g + 8) * a->w->row_bytes : NULL;
+            (k == K_Q4_0 ? x8_q4_0 : x8_iq4_nl)(a, ri, &t, next);
         }
-        free(corr);
+        free(t.dy);
         return (int)(groups * 8);
     }
-    if (interleaved) streams = 0; /* batches: one group after the other */
-    const int64_t groups = (r1 - r0) / 8;
-    int64_t ri[8];
+    /* one IQ4_NL column: ggml_vec_dot splits even and odd blocks (dot.c); batches use tinyBLAS's plain order */
+    if (k == K_IQ4_NL && a->n < 2) return 0;
+    typedef void (*runner)(const lm_mm_args *, const int64_t *, const int32_t *, const uint8_t *);
+    const runner vec[] = {vec_q4_0, vec_q4_1, vec_q5_0, vec_q5_1, vec_q8_0, vec_iq4_nl};
+    int32_t *corr = bias_terms(k, a, nb);
+    if (bias_of(k) && !corr) return 0; /* out of memory: the per-row kernels take over */
     if (streams) { /* row i of group g is r0 + i * groups + g: 8 forward streams through 8 parts of the range */
         for (int64_t g = 0; g < groups; g++) {
             for (int i = 0; i < 8; i++) ri[i] = r0 + i * groups + g;
-            run(a, ri, corr, NULL);
+            vec[k](a, ri, corr, NULL);
         }
     } else { /* adjacent rows, the next group prefetched while this one computes */
         for (int64_t g = 0; g < groups; g++) {
             for (int i = 0; i < 8; i++) ri[i] = r0 + 8 * g + i;
             const uint8_t *next = g + 1 < groups ? (const uint8_t *)a->w->data + (r0 + 8 * g + 8) * a->w->row_bytes : NULL;
-            run(a, ri, corr, next);
+            vec[k](a, ri, corr, next);
         }
     }
     free(corr);

@@ -14,6 +14,9 @@
  * dotted against it (AVX-512 VNNI where built, else plain C giving the same bits). */
 #include "kquant.h"
 
+#include <stdlib.h>
+#include <string.h>
+
 #include "simd.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512VL__) && LM_AVX2
@@ -300,13 +303,193 @@ static inline __attribute__((always_inline)) void rows_of(int type, const lm_mm_
     }
 }
 
+/* -- batches (VNNI): 4 rows at a time, each column's activations read once for the 4 ------------------
+ * The values are unpacked to bytes and multiplied by pairs (maddubs: |sum| <= 2 * 63 * 128 fits int16),
+ * then by the sub-block scale (madd); IQ4_XS's biased values (up to 241) take dpbusd and a 32-bit multiply.
+ * The bias of Q3_K, Q6_K and IQ4_XS comes out through the activation sums: bias * scale . bsums.
+ * The integer sums are the same as block_ints'; the float steps per output are those of out_tiled / out_x8,
+ * done for the 4 rows side by side (lane = row). */
+#if KQ_VNNI
+#define RB 4
+
+typedef struct {
+    _Alignas(64) uint8_t q[RB][QK_K];
+    _Alignas(64) uint8_t sc[RB][256]; /* scale per element pair (int16 x 128), or per quad (int32 x 64, IQ4_XS) */
+    _Alignas(64) int16_t fold[RB][16]; /* bias * scale per sub-block of 16 */
+    _Alignas(64) int16_t mn[RB][16];
+    float d[RB], dmin[RB];
+} kq_blk4;
+
+/* rows r0 .. r0 + RB - 1 (the last repeated when fewer remain) into nb blocks of kq_blk4 */
+static void unpack_rows4(int type, const lm_weight *w, int64_t r0, int nr, int64_t nb, const kq_row *tmp, kq_blk4 *out) {
+    const int bias = type == T_Q6_K ? 32 : quad_bias(type);
+    for (int r = 0; r < RB; r++) {
+        unpack_row(type, (const uint8_t *)w->data + (r0 + (r < nr ? r : nr - 1)) * w->row_bytes, nb, tmp);
+        for (int64_t i = 0; i < nb; i++) {
+            kq_blk4 *o = out + i;
+            memcpy(o->q[r], tmp->qb + i * QK_K, QK_K);
+            const int32_t *sc = tmp->sc + 16 * i;
+            if (type == T_IQ4_XS) {
+                int32_t *s32 = (int32_t *)o->sc[r];
+                for (int j = 0; j < 64; j++) s32[j] = sc[j / 4];
+            } else {
+                int16_t *s16 = (int16_t *)o->sc[r];
+                for (int j = 0; j < 128; j++) s16[j] = (int16_t)sc[j / 8];
+            }
+            for (int j = 0; j < 16; j++) {
+                o->fold[r][j] = (int16_t)(bias * sc[j]);
+                o->mn[r][j] = has_min(type) ? (int16_t)tmp->mn[16 * i + j] : 0;
+            }
+            o->d[r] = tmp->d[i];
+            o->dmin[r] = has_min(type) ? tmp->dmin[i] : 0.0f;
+        }
+    }
+}
+
+/* four 16-lane vectors -> lane 4i + v: the sum of chunk i (4 lanes) of vector v */
+static inline __m512i kq_reduce4(__m512i a, __m512i b, __m512i c, __m512i d) {
+    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+}
+
+/* the full sums of four vectors, lane v */
+static inline __m128i kq_sum4(__m512i a, __m512i b, __m512i c, __m512i d) {
+    __m512i x = kq_reduce4(a, b, c, d);
+    x = _mm512_add_epi32(x, _mm512_shuffle_i32x4(x, x, 0x4E));
+    x = _mm512_add_epi32(x, _mm512_shuffle_i32x4(x, x, 0xB1));
+    return _mm512_castsi512_si128(x);
+}
+
+/* per row (lane): sum over sub-blocks of coef[row][j] * bsums[j], 16 int16 each */
+static inline __m128i kq_bsum_dot4(const int16_t (*coef)[16], __m512i bs2) {
+    const __m512i a = _mm512_madd_epi16(bs2, _mm512_load_si512(coef[0])); /* rows 0, 1: 8 lanes each */
+    const __m512i b = _mm512_madd_epi16(bs2, _mm512_load_si512(coef[2])); /* rows 2, 3 */
+    __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, 0x4E));      /* chunk k: [a_k, b_k, ...] */
+    s = _mm512_add_epi32(s, _mm512_shuffle_i32x4(s, s, 0xB1));   /* chunk 0: rows 0, 2; chunk 2: rows 1, 3 */
+    return _mm512_castsi512_si128(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 1, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), s));
+}
+
+/* per row (lane 4 * row + chunk) the sums over chunks of 64 (per = 1) or 128 (per = 2) elements */
+static inline __m512i kq_chunk_mins(const int16_t (*mn)[16], __m512i bs2, int per) {
+    const __m512i a = _mm512_madd_epi16(bs2, _mm512_load_si512(mn[0])), b = _mm512_madd_epi16(bs2, _mm512_load_si512(mn[2]));
+    /* lane m of a row: sub-blocks 2m, 2m+1; chunk p of 64 = lanes 2p, 2p+1; of 128 = lanes 4p .. 4p+3 */
+    __m512i ta = _mm512_add_epi32(a, _mm512_shuffle_epi32(a, 0xB1)), tb = _mm512_add_epi32(b, _mm512_shuffle_epi32(b, 0xB1));
+    if (per == 1)
+        return _mm512_permutex2var_epi32(ta, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), tb);
+    ta = _mm512_add_epi32(ta, _mm512_shuffle_epi32(ta, 0x4E)), tb = _mm512_add_epi32(tb, _mm512_shuffle_epi32(tb, 0x4E));
+    return _mm512_permutex2var_epi32(ta, _mm512_setr_epi32(0, 4, 0, 0, 8, 12, 0, 0, 16, 20, 0, 0, 24, 28, 0, 0), tb);
+}
+
+enum { KB_TILED, KB_GEMV8, KB_GEMM8 };
+
+static inline __attribute__((always_inline)) void batch_rows4(int type, const lm_mm_args *a, const kq_blk4 *blk,
+                                                              int64_t nb, int64_t r0, int nr) {
+    const int fold = type == T_Q3_K || type == T_Q6_K || type == T_IQ4_XS;
+    const int repacked = (a->w->flags & LM_REPACKED) && (type == T_Q4_K || type == T_Q2_K);
+    const int per = type == T_Q4_K ? 1 : 2; /* gemm chunk: 64 or 128 elements */
+    for (int64_t c = 0; c < a->n; c++) {
+        const int mode = !repacked ? KB_TILED : c < a->n - a->n % 4 ? KB_GEMM8 : KB_GEMV8;
+        const block_q8_K *y = (const block_q8_K *)(a->act + c * a->act_row_bytes);
+        __m128 acc = _mm_setzero_ps(), accm = _mm_setzero_ps();
+        for (int64_t i = 0; i < nb; i++) {
+            const kq_blk4 *b = blk + i;
+            __m512i v[RB][4];
+            for (int p = 0; p < 4; p++) {
+                const __m512i yp = _mm512_loadu_si512(y[i].qs + 64 * p);
+                for (int r = 0; r < RB; r++) {
+                    const __m512i q = _mm512_load_si512(b->q[r] + 64 * p), sc = _mm512_load_si512(b->sc[r] + 64 * p);
+                    v[r][p] = type == T_IQ4_XS ? _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, yp), sc)
+                                               : _mm512_madd_epi16(_mm512_maddubs_epi16(q, yp), sc);
+                }
+            }
+            const __m512i bs2 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)y[i].bsums));
+            const __m128 d4 = _mm_load_ps(b->d), dy = _mm_set1_ps(y[i].d);
+            if (mode == KB_GEMM8) {
+                /* lane 4 * row + chunk: S per chunk (Q2_K: chunks of 128 as pairs of 64) */
+                __m512i t[RB];
+                for (int r = 0; r < RB; r++) {
+                    const __m512i z = _mm512_setzero_si512();
+                    t[r] = per == 1 ? kq_reduce4(v[r][0], v[r][1], v[r][2], v[r][3])
+                                    : kq_reduce4(_mm512_add_epi32(v[r][0], v[r][1]), _mm512_add_epi32(v[r][2], v[r][3]), z, z);
+                }
+                /* t[r] lane 4k + p: chunk k of v[r][p]; sum the chunks k, row r into 128-bit chunk r */
+                const __m512i ab = _mm512_add_epi32(_mm512_shuffle_i32x4(t[0], t[1], 0x44), _mm512_shuffle_i32x4(t[0], t[1], 0xEE));
+                const __m512i cd = _mm512_add_epi32(_mm512_shuffle_i32x4(t[2], t[3], 0x44), _mm512_shuffle_i32x4(t[2], t[3], 0xEE));
+                const __m512i s = _mm512_add_epi32(_mm512_shuffle_i32x4(ab, cd, 0x88), _mm512_shuffle_i32x4(ab, cd, 0xDD));
+                const __m512 sf = _mm512_cvtepi32_ps(s), mf = _mm512_cvtepi32_ps(kq_chunk_mins(b->mn, bs2, per));
+                const __m128 dd = _mm_mul_ps(d4, dy), dm = _mm_mul_ps(_mm_load_ps(b->dmin), dy);
+                for (int p = 0; p < 4 / per; p++) {
+                    const __m512i pick = _mm512_setr_epi32(p, 4 + p, 8 + p, 12 + p, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+                    acc = _mm_fmadd_ps(_mm512_castps512_ps128(_mm512_permutexvar_ps(pick, sf)), dd, acc);
+                    accm = _mm_fmadd_ps(_mm512_castps512_ps128(_mm512_permutexvar_ps(pick, mf)), dm, accm);
+                }
+                continue;
+            }
+            __m512i tot[RB];
+            for (int r = 0; r < RB; r++)
+                tot[r] = _mm512_add_epi32(_mm512_add_epi32(v[r][0], v[r][1]), _mm512_add_epi32(v[r][2], v[r][3]));
+            __m128i s4 = kq_sum4(tot[0], tot[1], tot[2], tot[3]);
+            if (fold) s4 = _mm_sub_epi32(s4, kq_bsum_dot4(b->fold, bs2));
+            if (mode == KB_GEMV8) {
+                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(s4), _mm_mul_ps(d4, dy), acc);
+                accm = _mm_fmadd_ps(_mm_cvtepi32_ps(kq_bsum_dot4(b->mn, bs2)), _mm_mul_ps(_mm_load_ps(b->dmin), dy), accm);
+            } else { /* out_tiled: r = S*d - dmin*M, acc += r * dy */
+                __m128 rr = _mm_mul_ps(_mm_cvtepi32_ps(s4), d4);
+                if (has_min(type))
+                    rr = _mm_fmadd_ps(_mm_xor_ps(_mm_load_ps(b->dmin), _mm_set1_ps(-0.0f)), _mm_cvtepi32_ps(kq_bsum_dot4(b->mn, bs2)), rr);
+                acc = _mm_fmadd_ps(rr, dy, acc);
+            }
+        }
+        float out[4];
+        _mm_storeu_ps(out, mode == KB_TILED ? acc : _mm_sub_ps(acc, accm));
+        for (int r = 0; r < nr; r++) a->y[c * a->y_stride + r0 + r] = out[r];
+    }
+}
+
+/* 1 when done: batches of enough columns, with memory for the unpacked rows */
+static inline __attribute__((always_inline)) int batch_of(int type, const lm_mm_args *a, int64_t r0, int64_t r1) {
+    const lm_weight *w = a->w;
+    const int repacked = (w->flags & LM_REPACKED) && (type == T_Q4_K || type == T_Q2_K);
+    if (a->n < (repacked ? 4 : 8)) return 0; /* fewer: ggml_vec_dot's arithmetic (or gemv for all columns) */
+    const int64_t nb = w->cols / QK_K;
+    kq_blk4 *blk = aligned_alloc(64, (size_t)nb * sizeof(kq_blk4));
+    uint8_t *scratch = malloc((size_t)nb * (QK_K + 16 * 2 * sizeof(int32_t) + 2 * sizeof(float)));
+    if (!blk || !scratch) {
+        free(blk), free(scratch);
+        return 0;
+    }
+    int32_t *sc = (int32_t *)(scratch + nb * QK_K), *mn = sc + nb * 16;
+    float *d = (float *)(mn + nb * 16), *dmin = d + nb;
+    const kq_row tmp = {scratch, sc, mn, d, dmin};
+    if (!has_min(type)) memset(mn, 0, (size_t)nb * 16 * sizeof(int32_t));
+    for (int64_t r = r0; r < r1; r += RB) {
+        const int nr = (int)(r1 - r < RB ? r1 - r : RB);
+        unpack_rows4(type, w, r, nr, nb, &tmp, blk);
+        batch_rows4(type, a, blk, nb, r, nr);
+    }
+    free(blk), free(scratch);
+    return 1;
+}
+#endif
+
 /* one instantiation per type, so the compiler specialises the inlined loops */
-static void rows_q2_K(const lm_mm_args *a, int64_t r0, int64_t r1) { rows_of(T_Q2_K, a, r0, r1); }
-static void rows_q3_K(const lm_mm_args *a, int64_t r0, int64_t r1) { rows_of(T_Q3_K, a, r0, r1); }
-static void rows_q4_K(const lm_mm_args *a, int64_t r0, int64_t r1) { rows_of(T_Q4_K, a, r0, r1); }
-static void rows_q5_K(const lm_mm_args *a, int64_t r0, int64_t r1) { rows_of(T_Q5_K, a, r0, r1); }
-static void rows_q6_K(const lm_mm_args *a, int64_t r0, int64_t r1) { rows_of(T_Q6_K, a, r0, r1); }
-static void rows_iq4_xs(const lm_mm_args *a, int64_t r0, int64_t r1) { rows_of(T_IQ4_XS, a, r0, r1); }
+#if KQ_VNNI
+#define KQ_ROWS(name, T)                                                     \
+    static void rows_##name(const lm_mm_args *a, int64_t r0, int64_t r1) { \
+        if (!batch_of(T, a, r0, r1)) rows_of(T, a, r0, r1);                  \
+    }
+#else
+#define KQ_ROWS(name, T) \
+    static void rows_##name(const lm_mm_args *a, int64_t r0, int64_t r1) { rows_of(T, a, r0, r1); }
+#endif
+KQ_ROWS(q2_K, T_Q2_K)
+KQ_ROWS(q3_K, T_Q3_K)
+KQ_ROWS(q4_K, T_Q4_K)
+KQ_ROWS(q5_K, T_Q5_K)
+KQ_ROWS(q6_K, T_Q6_K)
+KQ_ROWS(iq4_xs, T_IQ4_XS)
 
 void lm_mm_kquant(const lm_mm_args *a, int64_t r0, int64_t r1) {
     switch (a->w->type) {

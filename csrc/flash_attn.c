@@ -30,19 +30,6 @@ typedef struct {
 
 /* -- scalar helpers --------------------------------------------------------------------------------------- */
 
-/* ggml_v_expf (AVX-512 variant), one lane; the same as v_expf in ops.c */
-static inline float fa_v_expf(float x) {
-    const float r = 0x1.8p23f;
-    const float z = fmaf(x, 0x1.715476p+0f, r);
-    const float n = z - r;
-    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
-    const float u = b * b;
-    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
-                         fmaf(0x1.ffffecp-1f, b, 1.0f));
-    if (fabsf(n) > 192) return n <= 0 ? 0.0f : INFINITY;
-    return ldexpf(j, (int)n);
-}
-
 /* ops.cpp is built with GCC's default -ffp-contract=fast: the one-chunk path's S = S*ms + vs runs as one fma
  * (checked against the llama-cpp-python build; the unfused form differs) */
 static inline float fa_s_update(float S, float ms, float vs) { return fmaf(S, ms, vs); }
@@ -387,7 +374,7 @@ static int fa_tile_softmax(float *kq, float *M, float *S, float *vkq, int64_t D)
         _mm512_storeu_ps(kq + c, val);
         sum += (double)_mm512_reduce_add_ps(val);
 #else
-        for (int l = 0; l < 16; l++) kq[c + l] = fa_v_expf(kq[c + l] - Mnew);
+        for (int l = 0; l < 16; l++) kq[c + l] = lm_expf(kq[c + l] - Mnew);
         sum += (double)lm_hsum16(kq + c);
 #endif
     }

@@ -8,21 +8,9 @@
 #include "common.h"
 #include "simd.h"
 
-/* -- exp and SiLU: ggml_v_expf / ggml_v_silu, AVX-512 variant, one lane at a time ------------------ */
+/* -- SiLU: ggml_v_silu, AVX-512 variant, one lane at a time (lm_expf in simd.h) ------------------- */
 
-static inline float v_expf(float x) {
-    const float r = 0x1.8p23f;
-    const float z = fmaf(x, 0x1.715476p+0f, r);
-    const float n = z - r;
-    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
-    const float u = b * b;
-    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
-                         fmaf(0x1.ffffecp-1f, b, 1.0f));
-    if (fabsf(n) > 192) return n <= 0 ? 0.0f : INFINITY;
-    return ldexpf(j, (int)n); /* _mm512_scalef_ps: j * 2^floor(n), n is integral here */
-}
-
-static inline float v_silu(float x) { return x / (1.0f + v_expf(0.0f - x)); }
+static inline float v_silu(float x) { return x / (1.0f + lm_expf(0.0f - x)); }
 
 /* -- RMS norm (ggml_compute_forward_rms_norm_f32, fused with the weight) ----------------------------- */
 
@@ -37,40 +25,7 @@ void lm_rms_apply(const float *x, const float *w, float *y, float scale, int64_t
     for (int64_t i = i0; i < i1; i++) y[i] = x[i] * scale * w[i]; /* ggml: rms_norm, then mul by the weight */
 }
 
-void lm_rms_norm_part(const float *x, const float *w, float *y, int64_t rows, int64_t dim, float eps, int ith,
-                      int nth) {
-    long r0, r1;
-    lm_split(rows, ith, nth, &r0, &r1);
-    for (long r = r0; r < r1; r++) lm_rms_apply(x + r * dim, w, y + r * dim, lm_rms_scale(x + r * dim, dim, eps), 0, dim);
-}
-
 /* -- RoPE on adjacent pairs (ggml "normal" mode, ggml_rope_cache_init + rotate_pairs) ---------------- */
-
-void lm_rope_part(float *x, const int32_t *pos, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t n_dims,
-                  float base, float freq_scale, const float *freq_factors, int ith, int nth) {
-    const float theta_scale = powf(base, -2.0f / (float)n_dims);
-    float cache[1024];
-    long t0, t1;
-    lm_split(n_tok, ith, nth, &t0, &t1);
-    for (long t = t0; t < t1; t++) {
-        float theta = (float)pos[t];
-        for (int64_t i0 = 0; i0 < n_dims; i0 += 2) {
-            const float ff = freq_factors ? freq_factors[i0 / 2] : 1.0f;
-            const float th = freq_scale * (theta / ff);
-            cache[i0] = cosf(th);
-            cache[i0 + 1] = sinf(th);
-            theta *= theta_scale;
-        }
-        for (int64_t h = 0; h < n_heads; h++) {
-            float *v = x + (t * n_heads + h) * head_dim;
-            for (int64_t i0 = 0; i0 < n_dims; i0 += 2) {
-                const float c = cache[i0], s = cache[i0 + 1], x0 = v[i0], x1 = v[i0 + 1];
-                v[i0] = fmaf(x0, c, -(x1 * s)); /* as GCC contracts x0*c - x1*s in ggml */
-                v[i0 + 1] = fmaf(x0, s, x1 * c);
-            }
-        }
-    }
-}
 
 void lm_rope_cache_part(const int32_t *pos, int64_t n_tok, int64_t n_dims, float base, float freq_scale,
                         const float *freq_factors, float *cs, int ith, int nth) {
@@ -284,7 +239,7 @@ void lm_attention_jobs(const float *q, int64_t n_tok, int64_t n_heads, int64_t n
 #else
             float chunk[16];
             for (int l = 0; l < 16; l++) {
-                chunk[l] = l0 + l < visible ? v_expf(w[l0 + l] - max) : 0.0f;
+                chunk[l] = l0 + l < visible ? lm_expf(w[l0 + l] - max) : 0.0f;
                 w[l0 + l] = chunk[l];
             }
             sum += (double)lm_hsum16(chunk);

@@ -11,10 +11,6 @@
 /* the pieces, for fused callers: one row's 1/rms, then y[i] = x[i] * scale * w[i] for i in [i0, i1) */
 float lm_rms_scale(const float *x, int64_t dim, float eps);
 void lm_rms_apply(const float *x, const float *w, float *y, float scale, int64_t i0, int64_t i1);
-void lm_rms_norm_part(const float *x, const float *w, float *y, int64_t rows, int64_t dim, float eps, int ith,
-                      int nth);
-void lm_rope_part(float *x, const int32_t *pos, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t n_dims,
-                  float base, float freq_scale, const float *freq_factors, int ith, int nth);
 /* cos/sin of every (token, pair): cs (n_tok, n_dims); then rotate rows [r0, r1) of x (n_tok, row_len) */
 void lm_rope_cache_part(const int32_t *pos, int64_t n_tok, int64_t n_dims, float base, float freq_scale,
                         const float *freq_factors, float *cs, int ith, int nth);

@@ -49,10 +49,23 @@ static inline float lm_hsum8_v(__m256 x) {
 }
 #endif
 
+/* ggml_v_expf (AVX-512 variant), one lane: what ggml's softmax and SiLU compute per element on any build */
+static inline float lm_expf(float x) {
+    const float r = 0x1.8p23f;
+    const float z = fmaf(x, 0x1.715476p+0f, r);
+    const float n = z - r;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const float u = b * b;
+    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                         fmaf(0x1.ffffecp-1f, b, 1.0f));
+    if (fabsf(n) > 192) return n <= 0 ? 0.0f : INFINITY;
+    return ldexpf(j, (int)n); /* _mm512_scalef_ps: j * 2^floor(n), n is integral here */
+}
+
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #define LM_AVX512 1
 
-/* ggml_v_expf, AVX-512 variant (vec.h), lane for lane the scalar v_expf in ops.c */
+/* ggml_v_expf, AVX-512 variant (vec.h), lane for lane lm_expf above */
 static inline __m512 lm_expf16(__m512 x) {
     const __m512 r = _mm512_set1_ps(0x1.8p23f);
     const __m512 z = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), r);

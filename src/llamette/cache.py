@@ -9,6 +9,14 @@ from llamette.errors import ContextFullError
 _MIN_GROWTH = 256  # positions added at least per reallocation
 
 
+def check_room(seq_len: int, n_tokens: int, n_ctx: int) -> None:
+    """Raise ContextFullError when n_tokens more positions would not fit in the context."""
+    if seq_len + n_tokens > n_ctx:
+        raise ContextFullError(
+            f"context is full: {seq_len} tokens in the cache + {n_tokens} new > context size {n_ctx} (raise it with -c)"
+        )
+
+
 def grown_capacity(current: int, needed: int, n_ctx: int) -> int:
     """The next storage size: at least needed, doubling (in steps of >= 256), never past n_ctx."""
     return min(n_ctx, max(needed, 2 * current, _MIN_GROWTH))
@@ -41,11 +49,7 @@ class KVCache:
     def extend(self, n_tokens: int) -> int:
         """Reserve the next n_tokens positions; returns the first. Raises ContextFullError past n_ctx."""
         start = self.seq_len
-        if start + n_tokens > self.n_ctx:
-            raise ContextFullError(
-                f"context is full: {start} tokens in the cache + {n_tokens} new > context size {self.n_ctx} "
-                "(raise it with -c)"
-            )
+        check_room(start, n_tokens, self.n_ctx)
         if start + n_tokens > self.capacity:
             new_cap = grown_capacity(self.capacity, start + n_tokens, self.n_ctx)
             for store in (self.k, self.v):

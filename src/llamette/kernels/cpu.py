@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llamette.cache import grown_capacity
-from llamette.errors import ContextFullError, LlametteError
+from llamette.cache import check_room, grown_capacity
+from llamette.errors import LlametteError
 from llamette.gguf.constants import GGMLType
 from llamette.gguf.reader import GGUFFile
 from llamette.model.config import ModelConfig
@@ -277,11 +277,7 @@ class NativeKVCache:
     def reserve(self, n_tokens: int) -> int:
         """Room for n_tokens more positions; returns the first. Raises ContextFullError past n_ctx."""
         start = self.seq_len
-        if start + n_tokens > self.n_ctx:
-            raise ContextFullError(
-                f"context is full: {start} tokens in the cache + {n_tokens} new > context size {self.n_ctx} "
-                "(raise it with -c)"
-            )
+        check_room(start, n_tokens, self.n_ctx)
         if start + n_tokens > self.capacity:
             self._resize(grown_capacity(self.capacity, start + n_tokens, self.n_ctx))
         return start

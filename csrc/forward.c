@@ -314,7 +314,7 @@ int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t 
     fwd_task t = {.m = m, .kv = kv, .pool = pool, .tokens = tokens, .n_tok = n_tok, .pos0 = pos0, .n_out = n_out, .logits = logits};
     float *f = workspace;
     t.x = f, f += n_tok * m->dim;
-    t.h = f, f += n_tok * m->dim;
+    t.h = f, f += n_tok * m->dim; /* ends holding the output-normed rows: NativeLlama.forward(hidden=True) reads them */
     t.q = f, f += n_tok * q_dim;
     t.att = f, f += n_tok * q_dim;
     t.k = f, f += n_tok * kv_dim;

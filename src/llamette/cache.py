@@ -33,6 +33,7 @@ class KVCache:
     ) -> None:
         self.n_ctx = n_ctx
         self.seq_len = 0
+        self.tokens: list[int] = []  # the ids at positions 0..seq_len-1, kept by the generation loop
         self._shape = (n_kv_heads, head_dim)
         self._dtype = np.dtype(dtype)
         self.k = [np.empty((0, *self._shape), self._dtype) for _ in range(n_layers)]
@@ -73,3 +74,32 @@ class KVCache:
 
     def clear(self) -> None:
         self.seq_len = 0
+        self.tokens = []
+
+    def discard(self, p0: int, p1: int, rotate_k) -> None:
+        """Remove positions [p0, p1) and move the later ones down (llama.cpp's context shift): their keys are
+        turned back by p1 - p0 positions with rotate_k(k (T, heads, D), delta) -> k."""
+        n, end = p1 - p0, self.seq_len
+        for k, v in zip(self.k, self.v, strict=True):
+            k[p0 : end - n] = rotate_k(k[p1:end].copy(), -n)
+            v[p0 : end - n] = v[p1:end].copy()
+        self.seq_len = end - n
+        del self.tokens[p0:p1]
+
+    def snapshot(self) -> dict:
+        n = self.seq_len
+        return {
+            "seq_len": n,
+            "tokens": list(self.tokens),
+            "k": [a[:n].copy() for a in self.k],
+            "v": [a[:n].copy() for a in self.v],
+        }
+
+    def restore(self, snap: dict) -> None:
+        self.seq_len = 0
+        self.extend(snap["seq_len"])
+        for dst, src in zip(self.k, snap["k"], strict=True):
+            dst[: len(src)] = src
+        for dst, src in zip(self.v, snap["v"], strict=True):
+            dst[: len(src)] = src
+        self.tokens = list(snap["tokens"])

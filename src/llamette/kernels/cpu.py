@@ -248,6 +248,7 @@ class NativeKVCache:
 
     def __init__(self, cfg: ModelConfig, n_ctx: int) -> None:
         self.cfg, self.n_ctx, self.seq_len = cfg, n_ctx, 0
+        self.tokens: list[int] = []  # the ids at positions 0..seq_len-1, kept by the generation loop
         self.k: list[np.ndarray] = []
         self.v: list[np.ndarray] = []
         self.struct = LmKV(0, None, None)
@@ -284,9 +285,43 @@ class NativeKVCache:
 
     def truncate(self, n_tokens: int) -> None:
         self.seq_len = min(self.seq_len, max(0, n_tokens))
+        del self.tokens[self.seq_len :]
 
     def clear(self) -> None:
         self.seq_len = 0
+        self.tokens = []
+
+    def discard(self, p0: int, p1: int, rotate_k) -> None:
+        """Remove positions [p0, p1) and move the later ones down (llama.cpp's context shift): their keys are
+        turned back by p1 - p0 positions with rotate_k(k (T, heads, D) float32, delta) -> k."""
+        n, end = p1 - p0, self.seq_len
+        for k, v in zip(self.k, self.v, strict=True):
+            moved = k[:, p1:end].astype(np.float32).transpose(1, 0, 2)  # (T, kv_heads, D)
+            k[:, p0 : end - n] = rotate_k(moved, -n).transpose(1, 0, 2).astype(np.float16)
+            v[:, :, p0 : end - n] = v[:, :, p1:end].copy()
+        self.seq_len = end - n
+        del self.tokens[p0:p1]
+
+    def snapshot(self) -> dict:
+        """A copy of the filled positions (for save_state)."""
+        n = self.seq_len
+        return {
+            "seq_len": n,
+            "tokens": list(self.tokens),
+            "k": [a[:, :n].copy() for a in self.k],
+            "v": [a[:, :, :n].copy() for a in self.v],
+        }
+
+    def restore(self, snap: dict) -> None:
+        n = snap["seq_len"]
+        self.seq_len = 0
+        self.reserve(n)
+        for dst, src in zip(self.k, snap["k"], strict=True):
+            dst[:, :n] = src
+        for dst, src in zip(self.v, snap["v"], strict=True):
+            dst[:, :, :n] = src
+        self.seq_len = n
+        self.tokens = list(snap["tokens"])
 
 
 def can_interleave(wtype: int) -> bool:
@@ -360,12 +395,14 @@ class NativeLlama:
                 setattr(layer, field, self._floats(gguf, bias) if bias in present else None)
         self._layers = layers
         out = "output.weight" if "output.weight" in present else "token_embd.weight"
+        freqs = "rope_freqs.weight"
+        self.rope_freqs = dequantize(gguf.tensor_bytes(freqs), gguf.tensors[freqs].type) if freqs in present else None
         self.struct = LmModel(
             n_layers=cfg.n_layers, dim=cfg.dim, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
             head_dim=cfg.head_dim, ffn_dim=cfg.ffn_dim, n_vocab=cfg.n_vocab, rope_dims=cfg.rope_dims,
             rms_eps=cfg.rms_eps, rope_base=cfg.rope_base, rope_freq_scale=cfg.rope_freq_scale,
             attn_scale=1.0 / float(np.sqrt(np.float32(cfg.head_dim))),
-            rope_freqs=self._floats(gguf, "rope_freqs.weight") if "rope_freqs.weight" in present else None,
+            rope_freqs=self._floats(gguf, freqs) if freqs in present else None,
             output_norm=self._floats(gguf, "output_norm.weight"),
             token_embd=self._weight(gguf, "token_embd.weight"), output=self._weight(gguf, out), layers=layers,
             flash_attn=int(self.flash_attn),
@@ -401,8 +438,11 @@ class NativeLlama:
     def new_cache(self, n_ctx: int) -> NativeKVCache:
         return NativeKVCache(self.cfg, n_ctx)
 
-    def forward(self, tokens, cache: NativeKVCache, all_logits: bool = False) -> np.ndarray:
-        """Run tokens after what the cache holds; logits (T, n_vocab) if all_logits else (1, n_vocab)."""
+    def forward(self, tokens, cache: NativeKVCache, all_logits: bool = False, hidden: bool = False) -> np.ndarray:
+        """Run tokens after what the cache holds; logits (T, n_vocab) if all_logits else (1, n_vocab).
+        hidden: return the final-normed hidden states (T, dim) instead (llama.cpp's embeddings)."""
+        all_logits = all_logits or hidden
+        states = np.empty((len(tokens), self.cfg.dim), np.float32) if hidden else None
         toks = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
         n = len(toks)
         if n == 0:
@@ -418,7 +458,12 @@ class NativeLlama:
             n_out = len(chunk) if all_logits else int(last)  # llama.cpp computes only the logits asked for
             out = logits[start : start + len(chunk)] if all_logits else logits
             self._run(chunk, cache, n_out, out)
-        return logits
+            if states is not None:  # lm_forward leaves the output-normed rows right after x in its workspace
+                d, m = self.cfg.dim, len(chunk)
+                states[start : start + m] = (
+                    self._workspace[: 8 * m * d].view(np.float32)[m * d : 2 * m * d].reshape(m, d)
+                )
+        return states if states is not None else logits
 
     def _run(self, toks: np.ndarray, cache: NativeKVCache, n_out: int, logits: np.ndarray) -> None:
         n = len(toks)

@@ -112,8 +112,11 @@ class ReferenceLlama:
     def new_cache(self, n_ctx: int) -> KVCache:
         return KVCache(self.cfg.n_layers, self.cfg.n_kv_heads, self.cfg.head_dim, n_ctx, dtype=self.dtype)
 
-    def forward(self, tokens: Sequence[int] | np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
-        """Run T new tokens after what the cache holds; logits (T, n_vocab) if all_logits else (1, n_vocab)."""
+    def forward(
+        self, tokens: Sequence[int] | np.ndarray, cache: KVCache, all_logits: bool = False, hidden: bool = False
+    ) -> np.ndarray:
+        """Run T new tokens after what the cache holds; logits (T, n_vocab) if all_logits else (1, n_vocab).
+        hidden: the final-normed hidden states (T, dim) instead (llama.cpp's embeddings)."""
         cfg = self.cfg
         tokens = np.asarray(tokens, dtype=np.int64)
         t = len(tokens)
@@ -132,6 +135,8 @@ class ReferenceLlama:
             x = x + layer.linear("attn_output", a)
             h = rms_norm(x, layer.ffn_norm, cfg.rms_eps)
             x = x + layer.linear("ffn_down", silu(layer.linear("ffn_gate", h)) * layer.linear("ffn_up", h))
+        if hidden:
+            return rms_norm(x, self.output_norm, cfg.rms_eps)
         if not all_logits:
             x = x[-1:]
         return rms_norm(x, self.output_norm, cfg.rms_eps) @ self.output.T  # (T or 1, n_vocab)

@@ -86,7 +86,8 @@ def prefill(model: Model, cache, prompt_ids: Sequence[int], stats: GenerationSta
     todo = list(prompt_ids[start:])
     if cache.seq_len + len(todo) > cache.n_ctx:
         raise ContextFullError(
-            f"the prompt is {len(prompt_ids)} tokens, longer than the context of {cache.n_ctx} tokens (raise it with -c)"
+            f"the prompt is {len(prompt_ids)} tokens, longer than the context of {cache.n_ctx} tokens "
+            "(raise it with -c)"
         )
     t0 = time.perf_counter()
     logits = model.net.forward(todo, cache)[-1]

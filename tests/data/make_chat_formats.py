@@ -1,5 +1,6 @@
-"""Regenerate chat_formats.json: llama.cpp's own rendering of its built-in chat formats (llama_chat_apply_template,
-through llama-cpp-python 0.3.36's low-level binding; never run in CI): python make_chat_formats.py > chat_formats.json"""
+"""Regenerate chat_formats.json: llama.cpp's own rendering of its built-in chat formats
+(llama_chat_apply_template, through llama-cpp-python 0.3.36's low-level binding; never run in CI):
+python make_chat_formats.py > chat_formats.json"""
 
 import ctypes
 import json

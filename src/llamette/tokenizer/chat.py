@@ -88,9 +88,9 @@ def _sandbox():
                 raise SecurityError(f"exponent {right} is too large for a chat template")
             if operator == "*":
                 for seq, times in ((left, right), (right, left)):
-                    if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
-                        if len(seq) * times > _MAX_SEQUENCE:
-                            raise SecurityError("a chat template tried to build a string or list that is too long")
+                    sized = isinstance(seq, (str, list, tuple)) and isinstance(times, int)
+                    if sized and len(seq) * times > _MAX_SEQUENCE:
+                        raise SecurityError("a chat template tried to build a string or list that is too long")
             return super().call_binop(context, operator, left, right)
 
     env = ChatSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])

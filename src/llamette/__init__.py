@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "Llama",
+    "SamplingParams",
+    "stream_text",
     "load",
     "Model",
     "Tokenizer",
@@ -29,6 +32,9 @@ __all__ = [
 
 # heavy modules load on first use, so `llamette --help` and `import llamette` stay fast
 _LAZY = {
+    "Llama": "llamette.api",
+    "SamplingParams": "llamette.sampling",
+    "stream_text": "llamette.generate",
     "load": "llamette.loader",
     "Model": "llamette.loader",
     "Tokenizer": "llamette.tokenizer",
@@ -39,11 +45,12 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from llamette.generate import generate
+    from llamette.api import Llama
+    from llamette.generate import generate, stream_text
     from llamette.gguf.reader import GGUFFile
     from llamette.loader import Model, load
     from llamette.model.config import ModelConfig
-    from llamette.sampling import Sampler
+    from llamette.sampling import Sampler, SamplingParams
     from llamette.tokenizer import Tokenizer
 
 

@@ -39,10 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from llamette.generate import GenerationStats, generate
+    from llamette.generate import ContextShift, GenerationStats, stream_text
     from llamette.loader import load
-    from llamette.sampling import Sampler
-    from llamette.tokenizer import StreamDecoder
 
     prompt = _read_prompt(args)
     t0 = time.perf_counter()
@@ -56,27 +54,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     prompt_ids = tok.encode(prompt, add_special=True, parse_special=True)
     if not prompt_ids and tok.bos is not None:
         prompt_ids = [tok.bos]
-    sampler = Sampler(temperature=args.temp, seed=None if args.seed < 0 else args.seed)
+    sampler = make_sampler(args, model, n_ctx)
     stats = GenerationStats()
     out = sys.stdout
     if args.display_prompt:
         out.write(prompt)
         out.flush()
-    decoder = StreamDecoder(tok)
-    for token in generate(
-        model, prompt_ids, sampler, max_tokens=args.n_predict, cache=model.new_cache(n_ctx), stats=stats
-    ):
-        out.write(decoder.push(token))
+    n_keep = len(prompt_ids) if args.keep < 0 or args.keep > len(prompt_ids) else args.keep + int(tok.add_bos)
+    for _, text in stream_text(
+        model, prompt_ids, sampler, max_tokens=args.n_predict, stop=args.reverse_prompt, cache=model.new_cache(n_ctx),
+        stats=stats, context_shift=ContextShift(n_keep) if args.context_shift else None, penalize_prompt=True,
+    ):  # fmt: skip
+        out.write(text)
         out.flush()
-    out.write(decoder.flush() + "\n")
+    out.write("\n")
     out.flush()
-    reason = {"eog": "end of text", "length": "token limit", "context": "context full"}.get(stats.stop_reason, "")
+    reason = STOP_REASONS.get(stats.stop_reason, "")
+    if stats.n_shifts:
+        reason += f" ({stats.n_shifts} context shifts)"
     seed = "greedy" if sampler.greedy else f"seed {sampler.seed}"
     _log(
         f"prompt: {stats.n_prompt} tokens, {stats.prompt_tps:.1f} tok/s | generated: {stats.n_generated} tokens, "
         f"{stats.generate_tps:.1f} tok/s | {seed} | stopped: {reason}"
     )
     return 0
+
+
+STOP_REASONS = {"eog": "end of text", "length": "token limit", "context": "context full", "stop": "stop string"}
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from llamette.chat_repl import run_chat
+
+    return run_chat(args)
+
+
+def make_sampler(args: argparse.Namespace, model, n_ctx: int):
+    """The sampler chain from llama.cpp's flags (--ignore-eos = a -inf bias on every end-of-generation token)."""
+    from llamette.sampling import Sampler, SamplingParams
+
+    bias = dict(args.logit_bias)
+    if args.ignore_eos:
+        bias.update({t: float("-inf") for t in model.tokenizer.eog_ids})
+    params = SamplingParams(
+        temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, typical_p=args.typical,
+        repeat_penalty=args.repeat_penalty, repeat_last_n=n_ctx if args.repeat_last_n == -1 else args.repeat_last_n,
+        frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty, mirostat=args.mirostat,
+        mirostat_eta=args.mirostat_lr, mirostat_tau=args.mirostat_ent, logit_bias=bias, seed=args.seed,
+    )  # fmt: skip
+    return Sampler(params=params, n_vocab=model.config.n_vocab)
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
@@ -253,6 +279,44 @@ def _n_predict(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not -1 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected -1 (random) or 0 .. 4294967295, got {value}")
+    return value
+
+
+def _unit(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number greater than 0, got {text}")
+    return value
+
+
+def _last_n(text: str) -> int:
+    value = int(text)
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"expected -1 (the context), 0 (off) or a count, got {value}")
+    return value
+
+
+def _logit_bias(text: str) -> tuple[int, float]:
+    """llama.cpp's TOKEN_ID(+/-)BIAS, e.g. 15043+1, 15043-0.5, 2-inf."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*([+-]\s*(?:inf|\d+(?:\.\d*)?|\.\d+))\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected TOKEN_ID(+/-)BIAS like 15043+1 or 2-inf, got {text!r}")
+    return int(m.group(1)), float(m.group(2).replace(" ", ""))
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -310,6 +374,66 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--no-escape", dest="escape", action="store_false", help="take the prompt literally")
 
+    def sampling_args(sp: argparse.ArgumentParser) -> None:
+        g = sp.add_argument_group("sampling (llama.cpp's flags and defaults)")
+        g.add_argument("--temp", type=float, default=0.8, metavar="T", help="temperature; 0 = greedy (default: 0.8)")
+        g.add_argument("-s", "--seed", type=_seed, default=-1, metavar="S", help="random seed (default: -1, random)")
+        g.add_argument("--top-k", type=int, default=40, metavar="N", help="top-k sampling (default: 40, 0 = off)")
+        g.add_argument("--top-p", type=_unit, default=0.95, metavar="P", help="top-p sampling (default: 0.95, 1 = off)")
+        g.add_argument("--min-p", type=_unit, default=0.05, metavar="P", help="min-p sampling (default: 0.05, 0 = off)")
+        g.add_argument("--typical", type=_unit, default=1.0, metavar="P", help="typical sampling (default: 1 = off)")
+        g.add_argument(
+            "--repeat-penalty",
+            type=_positive_float,
+            default=1.0,
+            metavar="X",
+            help="penalize repeated tokens (default: 1.0 = off)",
+        )
+        g.add_argument(
+            "--repeat-last-n",
+            type=_last_n,
+            default=64,
+            metavar="N",
+            help="tokens of history the penalties look at (default: 64, 0 = off, -1 = context size)",
+        )
+        g.add_argument("--frequency-penalty", type=float, default=0.0, metavar="X", help="default: 0.0 = off")
+        g.add_argument("--presence-penalty", type=float, default=0.0, metavar="X", help="default: 0.0 = off")
+        g.add_argument(
+            "--mirostat",
+            type=int,
+            choices=(0, 1, 2),
+            default=0,
+            help="mirostat sampling (1 or 2; top-k/p, min-p and typical are then ignored; default: 0 = off)",
+        )
+        g.add_argument("--mirostat-lr", type=float, default=0.1, metavar="ETA", help="mirostat eta (default: 0.1)")
+        g.add_argument("--mirostat-ent", type=float, default=5.0, metavar="TAU", help="mirostat tau (default: 5.0)")
+        g.add_argument(
+            "-l",
+            "--logit-bias",
+            type=_logit_bias,
+            action="append",
+            default=[],
+            metavar="TOKEN_ID(+/-)BIAS",
+            help="change a token's likelihood, e.g. 15043+1, 15043-1 or 15043-inf (repeatable)",
+        )
+        g.add_argument("--ignore-eos", action="store_true", help="never end the text (bans end-of-generation tokens)")
+        g.add_argument(
+            "-r",
+            "--reverse-prompt",
+            action="append",
+            default=[],
+            metavar="TEXT",
+            help="stop when the text produces TEXT (not printed; repeatable)",
+        )
+        g.add_argument(
+            "-c",
+            "--ctx-size",
+            type=_non_negative_int,
+            default=DEFAULT_CTX,
+            metavar="N",
+            help=f"context size (default: {DEFAULT_CTX}; 0 = the model's)",
+        )
+
     run = sub.add_parser("run", help="generate text from a prompt")
     model_arg(run)
     prompt_args(run)
@@ -322,15 +446,18 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="tokens to generate (default: -1, until end of text or a full context)",
     )
-    run.add_argument("--temp", type=float, default=0.8, metavar="T", help="temperature; 0 = greedy (default: 0.8)")
-    run.add_argument("-s", "--seed", type=int, default=-1, metavar="S", help="random seed (default: -1, random)")
+    sampling_args(run)
     run.add_argument(
-        "-c",
-        "--ctx-size",
-        type=_non_negative_int,
-        default=DEFAULT_CTX,
+        "--context-shift",
+        action="store_true",
+        help="when the context is full, drop the older half of the text (after --keep) and go on",
+    )
+    run.add_argument(
+        "--keep",
+        type=int,
+        default=0,
         metavar="N",
-        help=f"context size (default: {DEFAULT_CTX}; 0 = the model's)",
+        help="prompt tokens kept by a context shift (default: 0, -1 = the whole prompt)",
     )
     run.add_argument(
         "--no-display-prompt",
@@ -339,6 +466,29 @@ def _build_parser() -> argparse.ArgumentParser:
         help="print only the generated text, not the prompt",
     )
     run.set_defaults(func=cmd_run)
+
+    chat = sub.add_parser("chat", help="talk with the model (multi-turn; /clear /system /exit)")
+    model_arg(chat)
+    compute_args(chat)
+    sampling_args(chat)
+    chat.add_argument("-sys", "--system-prompt", metavar="TEXT", help="the system message")
+    chat.add_argument(
+        "-n",
+        "--n-predict",
+        type=_n_predict,
+        default=-1,
+        metavar="N",
+        help="most tokens per reply (default: -1, until the model ends it)",
+    )
+    chat.add_argument(
+        "--chat-template",
+        metavar="NAME|JINJA",
+        help="chatml, llama2, llama2-sys, llama3, mistral, zephyr, gemma, phi3, or template text "
+        "(default: the model's own, else chatml)",
+    )
+    chat.add_argument("--chat-template-file", metavar="FILE", help="read a Jinja2 chat template from FILE")
+    chat.add_argument("--perf", action="store_true", help="after each reply, print tokens evaluated and tokens/s")
+    chat.set_defaults(func=cmd_chat)
 
     tok = sub.add_parser("tokenize", help="print the token ids of a text")
     model_arg(tok)

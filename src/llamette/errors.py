@@ -9,5 +9,5 @@ class GGUFError(LlametteError):
     """A model file that is not valid GGUF, or not a model llamette can run; the message names the field."""
 
 
-class ContextFullError(LlametteError):
-    """More tokens than the context (n_ctx) can hold."""
+class ContextFullError(LlametteError, ValueError):
+    """More tokens than the context (n_ctx) can hold (a ValueError too, as llama-cpp-python raises)."""

@@ -83,6 +83,10 @@ def _sandbox():
     class ChatSandbox(ImmutableSandboxedEnvironment):
         intercepted_binops = frozenset({"*", "**"})
 
+        def unsafe_undefined(self, obj, attribute):
+            # jinja would return an Undefined that prints as "": make any reach for internals a hard error
+            raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
         def call_binop(self, context, operator, left, right):
             if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
                 raise SecurityError(f"exponent {right} is too large for a chat template")

@@ -236,3 +236,10 @@ def test_bad_arguments_are_clear(llm: Llama) -> None:
         llm.create_chat_completion([{"content": "no role"}])
     with pytest.raises(LlametteError, match="response_format"):
         llm.create_chat_completion([{"role": "user", "content": "x"}], response_format={"type": "json_object"})
+
+
+def test_package_names_stay_functions() -> None:
+    """`llamette.generate` is the function even after the API imported the generation module."""
+    import llamette
+
+    assert callable(llamette.generate) and callable(llamette.stream_text) and llamette.Llama is Llama

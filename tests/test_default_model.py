@@ -7,7 +7,7 @@ import pytest
 from conftest import SMOLLM2, SMOLLM2_REFERENCE
 
 from llamette import cli
-from llamette.generate import generate
+from llamette.generation import generate
 from llamette.sampling import Sampler
 
 GREEDY = SMOLLM2_REFERENCE["greedy"]

@@ -7,7 +7,7 @@ import pytest
 from conftest import TINY_MANIFEST, tiny_path
 
 from llamette.errors import ContextFullError
-from llamette.generate import (
+from llamette.generation import (
     ContextShift,
     GenerationStats,
     TextStream,

@@ -98,7 +98,7 @@ def test_kv_cache_grows_and_guards_the_context() -> None:
 
 
 def test_generation_respects_the_context() -> None:
-    from llamette.generate import GenerationStats, generate
+    from llamette.generation import GenerationStats, generate
     from llamette.sampling import Sampler
 
     model = load(tiny_path("Q8_0"))
@@ -111,7 +111,7 @@ def test_generation_respects_the_context() -> None:
 
 
 def test_generation_stops_at_end_of_generation() -> None:
-    from llamette.generate import GenerationStats, generate
+    from llamette.generation import GenerationStats, generate
 
     model = load(tiny_path("F32"))
     eos = model.tokenizer.eos

@@ -34,19 +34,19 @@ __all__ = [
 _LAZY = {
     "Llama": "llamette.api",
     "SamplingParams": "llamette.sampling",
-    "stream_text": "llamette.generate",
+    "stream_text": "llamette.generation",
     "load": "llamette.loader",
     "Model": "llamette.loader",
     "Tokenizer": "llamette.tokenizer",
     "ModelConfig": "llamette.model.config",
     "GGUFFile": "llamette.gguf.reader",
     "Sampler": "llamette.sampling",
-    "generate": "llamette.generate",
+    "generate": "llamette.generation",
 }
 
 if TYPE_CHECKING:
     from llamette.api import Llama
-    from llamette.generate import generate, stream_text
+    from llamette.generation import generate, stream_text
     from llamette.gguf.reader import GGUFFile
     from llamette.loader import Model, load
     from llamette.model.config import ModelConfig

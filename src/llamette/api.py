@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from llamette.errors import LlametteError
-from llamette.generate import GenerationStats, TextStream, common_prefix
+from llamette.generation import GenerationStats, TextStream, common_prefix
 from llamette.sampling import RANDOM_SEED, Sampler, SamplingParams
 from llamette.tokenizer import StreamDecoder
 from llamette.tokenizer.chat import ChatTemplate, template_for

@@ -42,7 +42,7 @@ class _Interrupt:
 def run_chat(args: argparse.Namespace) -> int:
     from llamette.api import chat_tokens
     from llamette.cli import _context_size, _flash_attn, _log, make_sampler
-    from llamette.generate import GenerationStats, stream_text
+    from llamette.generation import GenerationStats, stream_text
     from llamette.loader import load
     from llamette.tokenizer.chat import template_for
 

@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from llamette.generate import ContextShift, GenerationStats, stream_text
+    from llamette.generation import ContextShift, GenerationStats, stream_text
     from llamette.loader import load
 
     prompt = _read_prompt(args)

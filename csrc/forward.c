@@ -93,6 +93,43 @@ static void matmul_rows(const lm_weight *w, const float *bias, const uint8_t *ac
     lm_mm_rows(&args, r0, r1);
 }
 
+/* rows [r0, r1) for n columns computed one column at a time, in chunks of rows small enough to stay in cache:
+ * the weights are read from memory once for all columns, and each column gets exactly the single-column
+ * (decode) arithmetic, so a sequence decoded in a batch gives the bits it gives alone */
+static void matmul_cols(const lm_weight *w, const float *bias, const uint8_t *act, int64_t n, float *y, int64_t r0,
+                        int64_t r1) {
+    /* ~256 KiB of weight rows per chunk: stays in L2 while every column passes over it, and is large enough
+     * that the kernels' per-call activation setup is small next to the rows' work */
+    const int64_t align = lm_mm_row_align(w), want = (256 << 10) / (w->row_bytes > 0 ? w->row_bytes : 1);
+    const int64_t chunk = want > align ? want / align * align : align;
+    for (int64_t rc = r0; rc < r1; rc += chunk) {
+        const int64_t re = rc + chunk < r1 ? rc + chunk : r1;
+        for (int64_t c = 0; c < n; c++) {
+            const lm_mm_args args = {w, act + c * act_bytes(w), act_bytes(w), 1, y + c * w->rows, w->rows, bias};
+            lm_mm_rows(&args, rc, re);
+        }
+    }
+}
+
+/* A decode step of several sequences (the server's continuous batching): each sequence must get the bits it
+ * gets decoded alone. The batch kernels of the legacy 4/5/8-bit types and IQ4_NL compute every column with
+ * ggml_vec_dot's arithmetic, as the single-column kernels do (tested), so those run as one batch. The float
+ * types' and K-quants' batch kernels round differently from their single-column ones: those weights go column
+ * by column through the single-column kernel (still reading the weights from memory once). */
+static void matmul_seqs(const lm_weight *w, const float *bias, const uint8_t *act, int64_t n, float *y, int64_t r0,
+                        int64_t r1) {
+    switch (w->type) {
+    case T_Q8_0: case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_IQ4_NL:
+        if (n >= 2) {
+            matmul_rows(w, bias, act, n, y, r0, r1);
+            break;
+        }
+        /* fall through: IQ4_NL's single column has its own arithmetic */
+    default:
+        matmul_cols(w, bias, act, n, y, r0, r1);
+    }
+}
+
 /* row unit for w such that a thread's rows also cover whole `extra`-sized groups, or 0 if rows don't split so */
 static int64_t fused_unit(const lm_weight *w, int64_t extra) {
     const int64_t unit = lcm64(lm_mm_row_align(w), extra);
@@ -102,6 +139,7 @@ static int64_t fused_unit(const lm_weight *w, int64_t extra) {
 typedef struct {
     const lm_model *m;
     const lm_kv *kv;
+    const lm_kv *const *kvs; /* multi-sequence decode: token i is one token of the sequence in kvs[i] */
     lm_pool *pool;
     const int32_t *tokens;
     int32_t *pos;
@@ -113,6 +151,56 @@ typedef struct {
     int64_t attn_scratch_floats;
 } fwd_task;
 
+static void store_k(const fwd_task *t, int64_t il, int64_t r0, int64_t r1) {
+    const int64_t kv_dim = t->m->n_kv_heads * t->m->head_dim;
+    if (!t->kvs) {
+        lm_store_k_rows(t->k, t->n_tok, kv_dim, t->m->head_dim, t->kv->k[il], t->kv->capacity, t->pos0, r0, r1);
+        return;
+    }
+    for (int64_t i = 0; i < t->n_tok; i++) {
+        const lm_kv *kv = t->kvs[i];
+        lm_store_k_rows(t->k + i * kv_dim, 1, kv_dim, t->m->head_dim, kv->k[il], kv->capacity, t->pos[i], r0, r1);
+    }
+}
+
+static void store_v(const fwd_task *t, int64_t il, int64_t r0, int64_t r1) {
+    const int64_t kv_dim = t->m->n_kv_heads * t->m->head_dim;
+    if (!t->kvs) {
+        lm_store_v_rows(t->v, t->n_tok, kv_dim, t->m->head_dim, t->kv->v[il], t->kv->capacity, t->pos0, r0, r1);
+        return;
+    }
+    for (int64_t i = 0; i < t->n_tok; i++) {
+        const lm_kv *kv = t->kvs[i];
+        lm_store_v_rows(t->v + i * kv_dim, 1, kv_dim, t->m->head_dim, kv->v[il], kv->capacity, t->pos[i], r0, r1);
+    }
+}
+
+/* multi-sequence attention: one query token per sequence, through the single-token code path (flash: all
+ * threads on one token at a time, as in a lone decode; plain: (token, head) jobs split over the threads) */
+static void seqs_attention(fwd_task *t, int64_t il, float *scratch, int ith, int nth) {
+    const lm_model *m = t->m;
+    const int64_t hd = m->head_dim, q_dim = m->n_heads * hd, n = t->n_tok;
+    if (m->flash_attn) {
+        for (int64_t i = 0; i < n; i++) {
+            const lm_kv *kv = t->kvs[i];
+            lm_flash_attn_part(t->pool, t->q + i * q_dim, 1, m->n_heads, m->n_kv_heads, hd, kv->k[il], kv->v[il],
+                               kv->capacity, t->pos[i], m->attn_scale, t->att + i * q_dim, scratch, t->attn_shared,
+                               ith, nth);
+            lm_barrier(t->pool); /* the shared partials are reused by the next token */
+        }
+        return;
+    }
+    long j0, j1;
+    lm_split(n * m->n_heads, ith, nth, &j0, &j1);
+    for (int64_t i = j0 / m->n_heads; i < n && i * m->n_heads < j1; i++) {
+        const int64_t a = j0 > i * m->n_heads ? j0 - i * m->n_heads : 0;
+        const int64_t b = j1 < (i + 1) * m->n_heads ? j1 - i * m->n_heads : m->n_heads;
+        const lm_kv *kv = t->kvs[i];
+        lm_attention_jobs(t->q + i * q_dim, 1, m->n_heads, m->n_kv_heads, hd, kv->k[il], kv->v[il], kv->capacity,
+                          t->pos[i], m->attn_scale, t->att + i * q_dim, scratch, a, b);
+    }
+}
+
 /* The layer as 7 steps between barriers: norm+quantize | q,k,v products + rope + cache store | attention +
  * quantize | output product + residual | norm+quantize | gate,up products + swiglu + quantize | down product +
  * residual. Each thread's rows of a product are whole groups of what its epilogue needs (rope pairs,
@@ -123,6 +211,8 @@ static void forward_run(void *p, int ith, int nth) {
     lm_pool *pool = t->pool;
     const int64_t n = t->n_tok, dim = m->dim, hd = m->head_dim;
     const int64_t q_dim = m->n_heads * hd, kv_dim = m->n_kv_heads * hd;
+    void (*const mm)(const lm_weight *, const float *, const uint8_t *, int64_t, float *, int64_t, int64_t) =
+        t->kvs ? matmul_seqs : matmul_rows;
 
     { /* token embeddings, and the rope angles of every position */
         long r0, r1;
@@ -153,17 +243,17 @@ static void forward_run(void *p, int ith, int nth) {
             const int64_t uq = fused_unit(&L->wq, 2), uk = fused_unit(&L->wk, 2), uv = lm_mm_row_align(&L->wv);
             const int split = uq && uk; /* else: rope after a barrier */
             own_rows(&L->wq, split ? uq : lm_mm_row_align(&L->wq), ith, nth, &r0, &r1);
-            matmul_rows(&L->wq, L->bq, act_for(&qkv, &L->wq), n, t->q, r0, r1);
+            mm(&L->wq, L->bq, act_for(&qkv, &L->wq), n, t->q, r0, r1);
             if (split) lm_rope_rows(t->q, q_dim, n, hd, m->rope_dims, t->rope_cs, r0, r1);
             own_rows(&L->wk, split ? uk : lm_mm_row_align(&L->wk), ith, nth, &r0, &r1);
-            matmul_rows(&L->wk, L->bk, act_for(&qkv, &L->wk), n, t->k, r0, r1);
+            mm(&L->wk, L->bk, act_for(&qkv, &L->wk), n, t->k, r0, r1);
             if (split) {
                 lm_rope_rows(t->k, kv_dim, n, hd, m->rope_dims, t->rope_cs, r0, r1);
-                lm_store_k_rows(t->k, n, kv_dim, hd, t->kv->k[il], t->kv->capacity, t->pos0, r0, r1);
+                store_k(t, il, r0, r1);
             }
             own_rows(&L->wv, uv, ith, nth, &r0, &r1);
-            matmul_rows(&L->wv, L->bv, act_for(&qkv, &L->wv), n, t->v, r0, r1);
-            lm_store_v_rows(t->v, n, kv_dim, hd, t->kv->v[il], t->kv->capacity, t->pos0, r0, r1);
+            mm(&L->wv, L->bv, act_for(&qkv, &L->wv), n, t->v, r0, r1);
+            store_v(t, il, r0, r1);
             if (!split) {
                 lm_barrier(pool);
                 long a0, a1;
@@ -171,7 +261,7 @@ static void forward_run(void *p, int ith, int nth) {
                 lm_rope_rows(t->q, q_dim, n, hd, m->rope_dims, t->rope_cs, 2 * a0, 2 * a1);
                 lm_split(kv_dim / 2, ith, nth, &a0, &a1);
                 lm_rope_rows(t->k, kv_dim, n, hd, m->rope_dims, t->rope_cs, 2 * a0, 2 * a1);
-                lm_store_k_rows(t->k, n, kv_dim, hd, t->kv->k[il], t->kv->capacity, t->pos0, 2 * a0, 2 * a1);
+                store_k(t, il, 2 * a0, 2 * a1);
             }
         }
         lm_barrier(pool);
@@ -180,7 +270,13 @@ static void forward_run(void *p, int ith, int nth) {
             const int64_t qk = act_block((int)L->wo.type);
             const int64_t group = qk % hd == 0 ? qk / hd : (hd % qk == 0 ? 1 : 0);
             float *scratch = t->attn_scratch + ith * t->attn_scratch_floats;
-            if (m->flash_attn) { /* every thread takes part (its split-KV path meets at a barrier inside) */
+            if (t->kvs) { /* each token against its own sequence, exactly as that sequence decoded alone */
+                seqs_attention(t, il, scratch, ith, nth);
+                lm_barrier(pool);
+                long b0, b1;
+                lm_split(q_dim / qk, ith, nth, &b0, &b1);
+                quantize_cols((int)L->wo.type, t->att, n, q_dim, t->act, act_bytes(&L->wo), b0 * qk, b1 * qk);
+            } else if (m->flash_attn) { /* every thread takes part (its split-KV path meets at a barrier inside) */
                 lm_flash_attn_part(pool, t->q, n, m->n_heads, m->n_kv_heads, hd, t->kv->k[il], t->kv->v[il],
                                    t->kv->capacity, t->pos0, m->attn_scale, t->att, scratch, t->attn_shared, ith, nth);
                 lm_barrier(pool);
@@ -215,7 +311,7 @@ static void forward_run(void *p, int ith, int nth) {
         {
             int64_t r0, r1;
             own_rows(&L->wo, lm_mm_row_align(&L->wo), ith, nth, &r0, &r1);
-            matmul_rows(&L->wo, L->bo, t->act, n, t->tmp, r0, r1);
+            mm(&L->wo, L->bo, t->act, n, t->tmp, r0, r1);
             for (int64_t tok = 0; tok < rows; tok++) {
                 float *xr = x + tok * dim;
                 const float *yr = t->tmp + (skip + tok) * dim;
@@ -239,9 +335,9 @@ static void forward_run(void *p, int ith, int nth) {
             if (unit && m->ffn_dim % unit) unit = 0;
             int64_t r0, r1;
             own_rows(&L->gate, unit ? unit : lm_mm_row_align(&L->gate), ith, nth, &r0, &r1);
-            matmul_rows(&L->gate, L->bgate, act_for(&gu, &L->gate), rows, t->gate, r0, r1);
+            mm(&L->gate, L->bgate, act_for(&gu, &L->gate), rows, t->gate, r0, r1);
             if (!unit) own_rows(&L->up, lm_mm_row_align(&L->up), ith, nth, &r0, &r1);
-            matmul_rows(&L->up, L->bup, act_for(&gu, &L->up), rows, t->up, r0, r1);
+            mm(&L->up, L->bup, act_for(&gu, &L->up), rows, t->up, r0, r1);
             if (unit) {
                 lm_swiglu_cols(t->gate, t->up, t->gate, rows, m->ffn_dim, r0, r1);
                 quantize_cols((int)L->down.type, t->gate, rows, m->ffn_dim, act_down, act_bytes(&L->down), r0, r1);
@@ -259,7 +355,7 @@ static void forward_run(void *p, int ith, int nth) {
         {
             int64_t r0, r1;
             own_rows(&L->down, lm_mm_row_align(&L->down), ith, nth, &r0, &r1);
-            matmul_rows(&L->down, L->bdown, act_down, rows, t->tmp, r0, r1);
+            mm(&L->down, L->bdown, act_down, rows, t->tmp, r0, r1);
             for (int64_t tok = 0; tok < rows; tok++) {
                 for (int64_t r = r0; r < r1; r++) x[tok * dim + r] += t->tmp[tok * dim + r];
             }
@@ -275,7 +371,7 @@ static void forward_run(void *p, int ith, int nth) {
     lm_barrier(pool);
     int64_t r0, r1;
     own_rows(&m->output, lm_mm_row_align(&m->output), ith, nth, &r0, &r1);
-    matmul_rows(&m->output, NULL, t->act, t->n_out, t->logits, r0, r1);
+    mm(&m->output, NULL, t->act, t->n_out, t->logits, r0, r1);
 }
 
 static int64_t max_act_bytes(const lm_model *m) {
@@ -304,14 +400,35 @@ size_t lm_forward_workspace_bytes(const lm_model *m, const lm_kv *kv, int64_t n_
     return (size_t)floats * 4 + (size_t)(3 * n_tok * max_act_bytes(m)) + 64;
 }
 
+static int forward_impl(lm_pool *pool, const lm_model *m, const lm_kv *kv, const lm_kv *const *kvs,
+                        const int32_t *tokens, int64_t n_tok, int64_t pos0, const int32_t *positions, int64_t n_out,
+                        float *logits, void *workspace, size_t workspace_bytes);
+
 int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t *tokens, int64_t n_tok, int64_t pos0,
                int64_t n_out, float *logits, void *workspace, size_t workspace_bytes) {
-    const int nth = lm_pool_size(pool);
     if (n_tok < 1 || n_out < 0 || n_out > n_tok || pos0 < 0 || pos0 + n_tok > kv->capacity) return -1;
+    return forward_impl(pool, m, kv, NULL, tokens, n_tok, pos0, NULL, n_out, logits, workspace, workspace_bytes);
+}
+
+int lm_forward_seqs(lm_pool *pool, const lm_model *m, const lm_kv *const *kvs, const lm_kv *largest,
+                    const int32_t *tokens, const int32_t *positions, int64_t n_seq, float *logits, void *workspace,
+                    size_t workspace_bytes) {
+    if (n_seq < 1) return -1;
+    for (int64_t i = 0; i < n_seq; i++) {
+        if (positions[i] < 0 || positions[i] >= kvs[i]->capacity || kvs[i]->capacity > largest->capacity) return -1;
+    }
+    return forward_impl(pool, m, largest, kvs, tokens, n_seq, 0, positions, n_seq, logits, workspace, workspace_bytes);
+}
+
+static int forward_impl(lm_pool *pool, const lm_model *m, const lm_kv *kv, const lm_kv *const *kvs,
+                        const int32_t *tokens, int64_t n_tok, int64_t pos0, const int32_t *positions, int64_t n_out,
+                        float *logits, void *workspace, size_t workspace_bytes) {
+    const int nth = lm_pool_size(pool);
     if (workspace_bytes < lm_forward_workspace_bytes(m, kv, n_tok, nth)) return -2;
     const int64_t q_dim = m->n_heads * m->head_dim, kv_dim = m->n_kv_heads * m->head_dim;
     const int64_t widest = m->dim > q_dim ? m->dim : q_dim;
-    fwd_task t = {.m = m, .kv = kv, .pool = pool, .tokens = tokens, .n_tok = n_tok, .pos0 = pos0, .n_out = n_out, .logits = logits};
+    fwd_task t = {.m = m, .kv = kv, .kvs = kvs, .pool = pool, .tokens = tokens, .n_tok = n_tok, .pos0 = pos0,
+                  .n_out = n_out, .logits = logits};
     float *f = workspace;
     t.x = f, f += n_tok * m->dim;
     t.h = f, f += n_tok * m->dim; /* ends holding the output-normed rows: NativeLlama.forward(hidden=True) reads them */
@@ -329,7 +446,7 @@ int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t 
     t.rope_cs = f, f += n_tok * m->rope_dims;
     t.pos = (int32_t *)f, f += n_tok;
     t.act = (uint8_t *)f;
-    for (int64_t i = 0; i < n_tok; i++) t.pos[i] = (int32_t)(pos0 + i);
+    for (int64_t i = 0; i < n_tok; i++) t.pos[i] = positions ? positions[i] : (int32_t)(pos0 + i);
     lm_pool_run(pool, forward_run, &t);
     return 0;
 }

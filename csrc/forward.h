@@ -47,6 +47,13 @@ size_t lm_forward_workspace_bytes(const lm_model *m, const lm_kv *kv, int64_t n_
 
 /* Run n_tok tokens at positions pos0.. (their K/V go into kv); logits (n_out x n_vocab) of the last n_out
  * tokens (0: none, the batch only fills the cache). Returns 0, -1 for bad arguments, -2 for a workspace that is too small. */
+/* One decode step for n_seq sequences at once: token i goes at positions[i] of the cache kvs[i] and its logits
+ * to row i. Weights are read from memory once for all; each row has the bits lm_forward gives that sequence
+ * decoded alone.
+ * largest: a cache at least as large as any of kvs (sizes the workspace, as lm_forward_workspace_bytes). */
+int lm_forward_seqs(lm_pool *pool, const lm_model *m, const lm_kv *const *kvs, const lm_kv *largest,
+                    const int32_t *tokens, const int32_t *positions, int64_t n_seq, float *logits, void *workspace,
+                    size_t workspace_bytes);
 int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t *tokens, int64_t n_tok, int64_t pos0,
                int64_t n_out, float *logits, void *workspace, size_t workspace_bytes);
 

@@ -104,3 +104,30 @@ def test_bad_tokens_are_refused_before_c() -> None:
         model.net.forward([], model.new_cache(8))
     with pytest.raises(LlametteError, match="thread count"):
         load(tiny_path("F32"), n_threads=0)
+
+
+@pytest.mark.parametrize("flash", [False, True])
+@pytest.mark.parametrize("qtype", TINY_TYPES)
+def test_batched_decode_gives_each_sequence_its_lone_bits(qtype: str, flash: bool) -> None:
+    """decode_batch (the server's continuous batching) reads the weights once for several sequences; each row
+    must equal that sequence decoded alone, bit for bit, whatever else shares the step."""
+    from llamette.loader import load
+
+    model = load(tiny_path(qtype), backend="cpu", n_threads=2, flash_attn=flash)
+    tokens = TINY_MANIFEST["tokens"]
+    prompts = [tokens[i : i + 3 + i % 5] for i in range(9)]
+    nxt = [tokens[(5 + i) % 32] for i in range(9)]
+    alone = []
+    for p, t in zip(prompts, nxt, strict=True):
+        cache = model.new_cache(64)
+        model.net.forward(p, cache)
+        alone.append(model.net.forward([t], cache)[0])
+    for group in ([0], [3, 1], [8, 2, 5, 0, 7], list(range(9))):
+        caches = []
+        for i in group:
+            caches.append(model.new_cache(64 if i % 2 else 32))  # different capacities too
+            model.net.forward(prompts[i], caches[-1])
+        out = model.net.decode_batch([nxt[i] for i in group], caches)
+        for row, i in zip(out, group, strict=True):
+            np.testing.assert_array_equal(row, alone[i])
+        assert [c.seq_len for c in caches] == [len(prompts[i]) + 1 for i in group]

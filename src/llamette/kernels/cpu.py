@@ -23,7 +23,7 @@ from llamette.model.config import ModelConfig
 from llamette.model.weights import check_tensors
 from llamette.quant import dequantize
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 
 class NativeUnavailable(LlametteError):
@@ -113,6 +113,21 @@ def library() -> ctypes.CDLL:
         "lm_can_interleave": (c_int, [c_int]),
         "lm_interleave": (c_int, [c_int, c_void_p, c_void_p, c_int64, c_int64]),
         "lm_forward_workspace_bytes": (c_size_t, [POINTER(LmModel), POINTER(LmKV), c_int64, c_int]),
+        "lm_forward_seqs": (
+            c_int,
+            [
+                c_void_p,
+                POINTER(LmModel),
+                c_void_p,
+                POINTER(LmKV),
+                c_void_p,
+                c_void_p,
+                c_int64,
+                c_void_p,
+                c_void_p,
+                c_size_t,
+            ],
+        ),
         "lm_forward": (
             c_int,
             [
@@ -464,6 +479,37 @@ class NativeLlama:
                     self._workspace[: 8 * m * d].view(np.float32)[m * d : 2 * m * d].reshape(m, d)
                 )
         return states if states is not None else logits
+
+    def decode_batch(self, tokens, caches: list[NativeKVCache]) -> np.ndarray:
+        """One decode step for several sequences: tokens[i] goes after what caches[i] holds. Returns their logits
+        (n, n_vocab). Weights are read from memory once for all of them, and row i has the bits forward([tokens[i]],
+        caches[i]) gives (the server's continuous batching: a request gives the same text alone or in a crowd)."""
+        toks = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        n = len(toks)
+        if n == 0 or n != len(caches):
+            raise LlametteError(f"decode_batch needs one token per cache, got {n} tokens for {len(caches)} caches")
+        if len({id(c) for c in caches}) != n:
+            raise LlametteError("decode_batch: each sequence may appear once per step")
+        if toks.min() < 0 or toks.max() >= self.cfg.n_vocab:
+            bad = int(toks[(toks < 0) | (toks >= self.cfg.n_vocab)][0])
+            raise LlametteError(f"token id {bad} is out of range (the model has {self.cfg.n_vocab} tokens)")
+        positions = np.array([c.reserve(1) for c in caches], np.int32)
+        largest = max(caches, key=lambda c: c.capacity).struct
+        kvs = (ctypes.POINTER(LmKV) * n)(*[ctypes.pointer(c.struct) for c in caches])
+        lib = library()
+        need = lib.lm_forward_workspace_bytes(self.struct, largest, n, self.pool.n_threads)
+        if self._workspace.nbytes < need:
+            self._workspace = np.zeros(need, np.uint8)
+        logits = np.empty((n, self.cfg.n_vocab), np.float32)
+        rc = lib.lm_forward_seqs(
+            self.pool.handle, self.struct, kvs, largest, toks.ctypes.data, positions.ctypes.data, n,
+            logits.ctypes.data, self._workspace.ctypes.data, self._workspace.nbytes,
+        )  # fmt: skip
+        if rc != 0:
+            raise LlametteError(f"native batched decode failed (code {rc})")
+        for c, p in zip(caches, positions, strict=True):
+            c.seq_len = int(p) + 1
+        return logits
 
     def _run(self, toks: np.ndarray, cache: NativeKVCache, n_out: int, logits: np.ndarray) -> None:
         n = len(toks)

@@ -112,6 +112,10 @@ class ReferenceLlama:
     def new_cache(self, n_ctx: int) -> KVCache:
         return KVCache(self.cfg.n_layers, self.cfg.n_kv_heads, self.cfg.head_dim, n_ctx, dtype=self.dtype)
 
+    def decode_batch(self, tokens: Sequence[int], caches: list[KVCache]) -> np.ndarray:
+        """One decode step for several sequences (one after another: exact math has no batching effects)."""
+        return np.concatenate([self.forward([t], c) for t, c in zip(tokens, caches, strict=True)])
+
     def forward(
         self, tokens: Sequence[int] | np.ndarray, cache: KVCache, all_logits: bool = False, hidden: bool = False
     ) -> np.ndarray:

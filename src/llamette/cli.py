@@ -89,6 +89,39 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return run_chat(args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from llamette.engine import Engine
+    from llamette.loader import load
+    from llamette.server.app import create_app, run_server
+    from llamette.tokenizer.chat import template_for
+
+    if args.api_key is not None and not args.api_key.strip():
+        raise LlametteError("--api-key is empty")
+    model = load(args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=False))
+    total = _context_size(args.ctx_size, model.config.n_ctx_train)
+    per_slot = total // args.parallel
+    if per_slot < 16:
+        raise LlametteError(f"context {total} split over {args.parallel} slots leaves {per_slot} tokens each: raise -c")
+    tok = model.tokenizer
+    bos = tok.token_to_piece(tok.bos).decode("utf-8", "replace") if tok.bos is not None else ""
+    eos = tok.token_to_piece(tok.eos).decode("utf-8", "replace") if tok.eos is not None else ""
+    template = template_for(model.gguf.metadata, args.chat_template, args.chat_template_file, bos, eos)
+    alias = args.alias or model.path.stem
+    engine = Engine(model, n_slots=args.parallel, n_ctx=per_slot).start()
+    app = create_app(engine, template, alias, api_key=args.api_key, metrics=args.metrics)
+    _log(
+        f"llamette serve: {alias} ({model.backend} backend), {args.parallel} slots x {per_slot} tokens, chat template "
+        f"{template.name}{', API key required' if args.api_key else ''}\n"
+        f"listening on http://{args.host}:{args.port} (web page at /, OpenAI API at /v1)"
+    )
+    try:
+        run_server(app, args.host, args.port, log_level="info" if args.verbose else "warning")
+    finally:
+        engine.stop()
+    _log("llamette serve: stopped")
+    return 0
+
+
 def make_sampler(args: argparse.Namespace, model, n_ctx: int):
     """The sampler chain from llama.cpp's flags (--ignore-eos = a -inf bias on every end-of-generation token)."""
     from llamette.sampling import Sampler, SamplingParams
@@ -317,6 +350,13 @@ def _logit_bias(text: str) -> tuple[int, float]:
     return int(m.group(1)), float(m.group(2).replace(" ", ""))
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -489,6 +529,35 @@ def _build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--chat-template-file", metavar="FILE", help="read a Jinja2 chat template from FILE")
     chat.add_argument("--perf", action="store_true", help="after each reply, print tokens evaluated and tokens/s")
     chat.set_defaults(func=cmd_chat)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a chat web page")
+    model_arg(serve)
+    compute_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=_port, default=8080, help="port (default: 8080)")
+    serve.add_argument(
+        "-np",
+        "--parallel",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="requests served at once (slots; default: 4); the rest wait in a queue",
+    )
+    serve.add_argument(
+        "-c",
+        "--ctx-size",
+        type=_non_negative_int,
+        default=DEFAULT_CTX,
+        metavar="N",
+        help=f"context of all slots together, split evenly (default: {DEFAULT_CTX}; 0 = the model's)",
+    )
+    serve.add_argument("--api-key", metavar="KEY", help="require Authorization: Bearer KEY on every route but /health")
+    serve.add_argument("--metrics", action="store_true", help="enable GET /metrics (Prometheus text)")
+    serve.add_argument("--alias", metavar="NAME", help="model name in the API (default: the file name without .gguf)")
+    serve.add_argument("--chat-template", metavar="NAME|JINJA", help="as for chat")
+    serve.add_argument("--chat-template-file", metavar="FILE", help="as for chat")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every HTTP request")
+    serve.set_defaults(func=cmd_serve)
 
     tok = sub.add_parser("tokenize", help="print the token ids of a text")
     model_arg(tok)

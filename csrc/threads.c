@@ -5,6 +5,7 @@
 #include "threads.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -18,6 +19,10 @@
 #endif
 
 #define SPIN_BEFORE_SLEEP 200000
+/* after this many pause-spins a waiting thread calls sched_yield() on each turn: on a machine with other busy
+ * threads (the server's event loop, its clients) a spinning worker then lends its core instead of burning a
+ * whole time slice; with nothing else runnable sched_yield returns at once */
+#define SPIN_BEFORE_YIELD 2000
 
 struct lm_pool {
     int n;
@@ -48,8 +53,8 @@ static void *worker_main(void *p) {
     for (;;) {
         int spins = 0;
         while (atomic_load(&pool->generation) == seen && !atomic_load(&pool->stop) && spins < SPIN_BEFORE_SLEEP) {
-            CPU_RELAX();
-            spins++;
+            if (++spins > SPIN_BEFORE_YIELD) sched_yield();
+            else CPU_RELAX();
         }
         if (atomic_load(&pool->generation) == seen && !atomic_load(&pool->stop)) {
             pthread_mutex_lock(&pool->mutex);
@@ -129,6 +134,10 @@ void lm_barrier(lm_pool *pool) {
         atomic_store(&pool->barrier_count, 0);
         atomic_fetch_add(&pool->barrier_phase, 1);
     } else {
-        while (atomic_load(&pool->barrier_phase) == phase) CPU_RELAX();
+        int spins = 0;
+        while (atomic_load(&pool->barrier_phase) == phase) {
+            if (++spins > SPIN_BEFORE_YIELD) sched_yield();
+            else CPU_RELAX();
+        }
     }
 }

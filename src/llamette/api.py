@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from llamette.errors import LlametteError
-from llamette.generation import GenerationStats, TextStream, common_prefix
+from llamette.generation import GenerationStats, TextStream, common_prefix, reuse_point
 from llamette.sampling import RANDOM_SEED, Sampler, SamplingParams
 from llamette.tokenizer import StreamDecoder
 from llamette.tokenizer.chat import ChatTemplate, template_for
@@ -332,7 +332,7 @@ class Llama:
             entries = self._prompt_logprobs(prompt_ids, logprobs)
         else:  # reuse what the cache holds of this prompt
             entries = []
-            keep = min(common_prefix(self._cache.tokens, prompt_ids), n_prompt - 1)
+            keep = reuse_point(self._cache.tokens, prompt_ids)
             self._cache.truncate(keep)
             self._scores = self._scores[:keep] if self.logits_all else self._scores
             self.eval(prompt_ids[keep:])

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from llamette.errors import ContextFullError, LlametteError
-from llamette.generation import TextStream, common_prefix
+from llamette.generation import TextStream, common_prefix, reuse_point
 from llamette.loader import Model
 from llamette.sampling import Sampler, SamplingParams
 from llamette.tokenizer import StreamDecoder
@@ -237,7 +237,7 @@ class Engine:
         slot.pending_probs = []
         cache = slot.cache
         ids = request.prompt_ids
-        keep = min(common_prefix(cache.tokens, ids), len(ids) - 1)
+        keep = reuse_point(cache.tokens, ids)
         cache.truncate(keep)
         t0 = time.perf_counter()
         logits = None

@@ -77,9 +77,7 @@ def prefill(model: Model, cache, prompt_ids: Sequence[int], stats: GenerationSta
         raise LlametteError("the prompt is empty (and this model adds no BOS token): give some text")
     start = 0
     if reuse:
-        held = getattr(cache, "tokens", [])
-        start = common_prefix(held, prompt_ids)
-        start = min(start, len(prompt_ids) - 1)
+        start = reuse_point(cache.tokens, prompt_ids)
         cache.truncate(start)
     else:
         cache.clear()
@@ -95,6 +93,14 @@ def prefill(model: Model, cache, prompt_ids: Sequence[int], stats: GenerationSta
     stats.n_prompt, stats.n_reused = len(todo), start
     stats.prompt_seconds = time.perf_counter() - t0
     return logits
+
+
+def reuse_point(held: Sequence[int], prompt: Sequence[int]) -> int:
+    """How many leading prompt tokens to keep from a cache holding `held`: the common prefix, but at least the
+    last two prompt tokens are evaluated again. A batch of 2+ tokens computes each token as the whole prompt's
+    batch did (the batch kernels' columns do not depend on the batch size; tested for the legacy and float
+    types), so the logits equal a fresh evaluation; one token alone would take the decode kernels."""
+    return min(common_prefix(held, prompt), max(len(prompt) - 2, 0))
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -239,6 +239,12 @@ def create_app(
         if not texts:
             raise ApiError(400, "input is empty", param="input")
         vectors, total = await asyncio.wrap_future(engine.call(lambda: embed_texts(state, texts)))
+        if body.encoding_format == "base64":  # little-endian float32, as OpenAI sends them
+            import base64
+
+            import numpy as np
+
+            vectors = [base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() for v in vectors]
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         return {"object": "list", "model": alias, "data": data,
                 "usage": {"prompt_tokens": total, "total_tokens": total}}  # fmt: skip
@@ -504,8 +510,23 @@ def prometheus_text(state: ServerState) -> str:
 
 def run_server(app: FastAPI, host: str, port: int, log_level: str = "warning") -> None:
     """Serve until SIGINT/SIGTERM: then stop accepting, let running requests finish (10 s at most), exit."""
+    import contextlib
+    import signal
+
     import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            # uvicorn's, without re-raising the signal after the graceful shutdown: the command then ends
+            # normally (engine stopped, exit status 0)
+            previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
                             access_log=False)  # fmt: skip
-    uvicorn.Server(config).run()
+    Server(config).run()

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 class SamplingFields(BaseModel):
     """Sampler settings shared by every generation route (llama.cpp's names and OpenAI's)."""
 
-    model_config = ConfigDict(extra="ignore", strict=False)
+    model_config = ConfigDict(extra="ignore", strict=True)  # "0.5" for a number or "yes" for a bool is a 400
 
     model: str | None = None
     temperature: float = Field(0.8, ge=0.0)
@@ -78,10 +78,10 @@ class ChatBody(SamplingFields):
 
 
 class EmbeddingBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     input: str | list[str]
     model: str | None = None
-    encoding_format: str | None = Field(None, pattern="^float$")
+    encoding_format: str | None = Field(None, pattern="^(float|base64)$")
 
 
 class NativeCompletionBody(SamplingFields):
@@ -94,12 +94,12 @@ class NativeCompletionBody(SamplingFields):
 
 
 class TokenizeBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     content: str
     add_special: bool = False
     with_pieces: bool = False
 
 
 class DetokenizeBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     tokens: list[int]

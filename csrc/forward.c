@@ -118,16 +118,14 @@ static void matmul_cols(const lm_weight *w, const float *bias, const uint8_t *ac
  * by column through the single-column kernel (still reading the weights from memory once). */
 static void matmul_seqs(const lm_weight *w, const float *bias, const uint8_t *act, int64_t n, float *y, int64_t r0,
                         int64_t r1) {
-    switch (w->type) {
-    case T_Q8_0: case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_IQ4_NL:
-        if (n >= 2) {
-            matmul_rows(w, bias, act, n, y, r0, r1);
-            break;
-        }
-        /* fall through: IQ4_NL's single column has its own arithmetic */
-    default:
-        matmul_cols(w, bias, act, n, y, r0, r1);
+    if (w->flags & LM_PACK16) { /* the server layout: one arithmetic for any column count */
+        matmul_rows(w, bias, act, n, y, r0, r1);
+        return;
     }
+    const int vec_batch = w->type == T_Q8_0 || w->type == T_Q4_0 || w->type == T_Q4_1 || w->type == T_Q5_0 ||
+                          w->type == T_Q5_1 || w->type == T_IQ4_NL;
+    if (vec_batch && n >= 2) matmul_rows(w, bias, act, n, y, r0, r1); /* (IQ4_NL's single column differs) */
+    else matmul_cols(w, bias, act, n, y, r0, r1);
 }
 
 /* row unit for w such that a thread's rows also cover whole `extra`-sized groups, or 0 if rows don't split so */

@@ -14,6 +14,8 @@
 #define LM_REPACKED 1
 /* lm_weight.flags: the data itself is interleaved in 8-row blocks (lm_interleave), not the GGUF row layout */
 #define LM_INTERLEAVED 2
+/* data is in mm16.c's 16-row server layout (Q4_1, Q8_0; rows % 16 == 0): every product through lm_mm16 */
+#define LM_PACK16 4
 
 typedef struct {
     const void *data; /* rows x row_bytes, GGUF block layout */

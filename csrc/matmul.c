@@ -62,6 +62,7 @@ int lm_matmul(lm_pool *pool, int wtype, int64_t flags, const void *w, int64_t ro
     if (!qk || !(lm_dot_kernel(wtype) || lm_is_kquant(wtype)) || k % qk || rows <= 0 || n_cols <= 0) return -1;
     if ((flags & LM_REPACKED) && rows % 8) return -1;
     if ((flags & LM_INTERLEAVED) && !((flags & LM_REPACKED) && lm_can_interleave(wtype))) return -1;
+    if ((flags & LM_PACK16) && (flags != LM_PACK16 || !lm_can_pack16(wtype) || rows % 16)) return -1;
     matmul_task t = {pool, {w, wtype, rows, k, k / qk * block_bytes, flags}, x, NULL, n_cols, lm_act_row_bytes(wtype, k), y};
     t.act = malloc((size_t)(t.act_row_bytes * n_cols));
     if (!t.act) return -2;

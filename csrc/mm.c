@@ -219,7 +219,9 @@ static void (*row_kernel(const lm_mm_args *a))(const lm_mm_args *, int64_t, int6
 void lm_mm_rows(const lm_mm_args *a, int64_t r0, int64_t r1) {
     if (r1 <= r0) return;
     const int64_t start = r0;
-    if (lm_is_kquant((int)a->w->type)) {
+    if (a->w->flags & LM_PACK16) {
+        lm_mm16(a, r0, r1);
+    } else if (lm_is_kquant((int)a->w->type)) {
         lm_mm_kquant(a, r0, r1);
     } else {
         /* few columns: 8 rows side by side from 8 streams suits the 4-bit formats (their per-block work is
@@ -242,4 +244,4 @@ void lm_mm_rows(const lm_mm_args *a, int64_t r0, int64_t r1) {
 }
 
 /* threads take whole groups of 8 rows when the row count allows (the 8-row kernels, llama.cpp's repacks) */
-int64_t lm_mm_row_align(const lm_weight *w) { return w->rows % 8 == 0 ? 8 : 1; }
+int64_t lm_mm_row_align(const lm_weight *w) { return w->flags & LM_PACK16 ? 16 : w->rows % 8 == 0 ? 8 : 1; }

@@ -225,7 +225,7 @@ void lm_attention_jobs(const float *q, int64_t n_tok, int64_t n_heads, int64_t n
             const float s = blas_kq ? dot_f16_blas(kh + l * head_dim, q16, head_dim)
                                     : dot_f16_vec(kh + l * head_dim, q16, head_dim, head_dim);
             w[l] = s * scale;
-            max = fmaxf(max, w[l]);
+            max = w[l] > max ? w[l] : max; /* fmaxf, as ggml's loop, without the library call */
         }
         /* ggml_vec_soft_max_f32: exp in 16-wide chunks, each chunk's sum added in double */
         double sum = 0.0;

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llamette.errors import LlametteError
 from llamette.gguf.constants import GGML_BLOCK_SIZES, GGMLType
 from llamette.kernels import cpu
 from llamette.quant import dequantize
@@ -114,6 +115,30 @@ def test_matmul_equals_exact_product(wtype: GGMLType, pools) -> None:
             assert np.array_equal(one, two), f"{wtype.name} {rows}x{k} n={n}: 1 and 2 threads differ"
             err = np.abs(one - ref).max() / np.abs(ref).max()
             assert err < 2e-6, f"{wtype.name} {rows}x{k} n={n} repacked={repacked}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("wtype", [T.Q4_1, T.Q8_0], ids=lambda t: t.name)
+def test_packed16_product_is_exact_and_column_invariant(wtype: GGMLType, pools) -> None:
+    """The server's 16-row layout: close to the exact product (block sums are exact integers), the same bits
+    with 1 or 2 threads, and every column's bits independent of the other columns in the call."""
+    if not cpu.can_pack16(wtype, 16):
+        pytest.skip("this build has no 16-row kernel (needs AVX-512 VNNI)")
+    rng = np.random.default_rng(7 + int(wtype))
+    for rows, k, n in [(16, 32, 1), (48, 96, 3), (32, 64, 9), (64, 160, 17)]:
+        w = random_weights(wtype, rows, k, rng)
+        x = (rng.standard_normal((n, k)) * rng.uniform(0.1, 10)).astype(np.float32)
+        act = cpu.quantize_activations(wtype, x)
+        ref = exact_product(wtype, w, k, act)
+        one, two = (cpu.matmul(p, wtype, w, k, x, packed16=True) for p in pools)
+        assert np.array_equal(one, two)
+        assert np.abs(one - ref).max() / np.abs(ref).max() < 2e-6, (rows, k, n)
+        for c in range(n):  # alone, and with its neighbours reordered
+            alone = cpu.matmul(pools[1], wtype, w, k, x[c : c + 1], packed16=True)
+            np.testing.assert_array_equal(alone[0], one[c])
+        order = rng.permutation(n)
+        np.testing.assert_array_equal(cpu.matmul(pools[1], wtype, w, k, x[order], packed16=True), one[order])
+    with pytest.raises(LlametteError, match="16-row layout"):
+        cpu.pack16(wtype, random_weights(wtype, 8, 32, rng), 32)
 
 
 @pytest.mark.parametrize("wtype", [t for t in WEIGHT_TYPES if t not in (T.F32, T.F16, T.BF16)], ids=lambda t: t.name)

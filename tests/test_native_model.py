@@ -106,14 +106,20 @@ def test_bad_tokens_are_refused_before_c() -> None:
         load(tiny_path("F32"), n_threads=0)
 
 
+@pytest.mark.parametrize("batch_layout", [False, True], ids=["file-layout", "batch-layout"])
 @pytest.mark.parametrize("flash", [False, True])
 @pytest.mark.parametrize("qtype", TINY_TYPES)
-def test_batched_decode_gives_each_sequence_its_lone_bits(qtype: str, flash: bool) -> None:
+def test_batched_decode_gives_each_sequence_its_lone_bits(qtype: str, flash: bool, batch_layout: bool) -> None:
     """decode_batch (the server's continuous batching) reads the weights once for several sequences; each row
-    must equal that sequence decoded alone, bit for bit, whatever else shares the step."""
+    must equal that sequence decoded alone, bit for bit, whatever else shares the step. Also with the server's
+    16-row layout (batch_layout), and there also against prompt batches."""
     from llamette.loader import load
 
-    model = load(tiny_path(qtype), backend="cpu", n_threads=2, flash_attn=flash)
+    if batch_layout and qtype not in ("Q4_1", "Q8_0"):
+        pytest.skip("the 16-row layout is for Q4_1 and Q8_0")
+    model = load(tiny_path(qtype), backend="cpu", n_threads=2, flash_attn=flash, batch_layout=batch_layout)
+    if batch_layout and not model.net.repacked_bytes:
+        pytest.skip("this build has no 16-row kernel (needs AVX-512 VNNI)")
     tokens = TINY_MANIFEST["tokens"]
     prompts = [tokens[i : i + 3 + i % 5] for i in range(9)]
     nxt = [tokens[(5 + i) % 32] for i in range(9)]
@@ -131,3 +137,20 @@ def test_batched_decode_gives_each_sequence_its_lone_bits(qtype: str, flash: boo
         for row, i in zip(out, group, strict=True):
             np.testing.assert_array_equal(row, alone[i])
         assert [c.seq_len for c in caches] == [len(prompts[i]) + 1 for i in group]
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+def test_batch_layout_logits_near_llama_cpp(qtype: str) -> None:
+    """The server layout sums each block exactly (ggml's reference arithmetic), so its logits differ from
+    llama.cpp's AVX ones by rounding only (activations are still rounded to 8 bits the same way)."""
+    model = load_any(tiny_path(qtype), backend="cpu", batch_layout=True)
+    if not model.net.repacked_bytes:
+        pytest.skip("this build has no 16-row kernel (needs AVX-512 VNNI)")
+    ref = np.load(TINY / TINY_MANIFEST["models"][qtype]["logits"])
+    ours = model.net.forward(TOKENS, model.new_cache(64), all_logits=True)
+    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 0.03
+    # a prompt evaluated in pieces (the server's prompt cache) gives the bits of one batch, here even one token
+    cache = model.new_cache(64)
+    model.net.forward(TOKENS[:20], cache)
+    tail = model.net.forward(TOKENS[20:21], cache)[0]
+    np.testing.assert_array_equal(tail, model.net.forward(TOKENS[:21], model.new_cache(64))[0])

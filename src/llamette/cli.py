@@ -97,7 +97,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.api_key is not None and not args.api_key.strip():
         raise LlametteError("--api-key is empty")
-    model = load(args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=False))
+    model = load(
+        args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=False),
+        batch_layout=args.batch_layout,
+    )  # fmt: skip
     total = _context_size(args.ctx_size, model.config.n_ctx_train)
     per_slot = total // args.parallel
     if per_slot < 16:
@@ -556,6 +559,11 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--alias", metavar="NAME", help="model name in the API (default: the file name without .gguf)")
     serve.add_argument("--chat-template", metavar="NAME|JINJA", help="as for chat")
     serve.add_argument("--chat-template-file", metavar="FILE", help="as for chat")
+    serve.add_argument(
+        "--no-batch-layout", dest="batch_layout", action="store_false",
+        help="keep Q4_1/Q8_0 weights in llama.cpp's layout and arithmetic (bit-equal to `llamette run`, but "
+        "batched decoding costs twice as much per stream)",
+    )  # fmt: skip
     serve.add_argument("-v", "--verbose", action="store_true", help="log every HTTP request")
     serve.set_defaults(func=cmd_serve)
 

@@ -57,6 +57,7 @@ def load(
     backend: str | None = None,
     n_threads: int | None = None,
     flash_attn: bool = False,
+    batch_layout: bool = False,
 ) -> Model:
     """Load a GGUF model (the default model when path is None).
 
@@ -64,6 +65,7 @@ def load(
     n_threads: native threads (default: the physical cores).
     flash_attn: compute attention as llama.cpp does with flash attention on (its command-line tools' default)
         instead of without (llama-cpp-python's default); native backend only, the numbers differ in rounding.
+    batch_layout: lay Q4_1 and Q8_0 weights out for decoding many sequences at once (the server); native only.
     """
     from llamette.kernels import cpu
 
@@ -80,7 +82,7 @@ def load(
             f"{gguf.path}: the tokenizer has {tokenizer.n_vocab} tokens but the embedding only {config.n_vocab} rows"
         )
     if backend == "cpu":
-        net = cpu.NativeLlama(config, gguf, n_threads, flash_attn=flash_attn)
+        net = cpu.NativeLlama(config, gguf, n_threads, flash_attn=flash_attn, batch_layout=batch_layout)
     else:
         net = ReferenceLlama(config, load_weights(gguf, config))
     return Model(gguf.path, gguf, config, tokenizer, net, backend)

@@ -35,6 +35,7 @@ class NativeUnavailable(LlametteError):
 
 LM_REPACKED = 1
 LM_INTERLEAVED = 2
+LM_PACK16 = 4  # the server's 16-row layout (mm16.c)
 # llama.cpp (x86 with AVX2; Q2_K needs AVX-512) repacks these weight types into 8-row interleaved blocks when
 # rows % 8 == 0, and their kernels round differently: the native kernels compute what llama.cpp's would,
 # reading the GGUF layout in place (nothing is repacked here)
@@ -111,6 +112,9 @@ def library() -> ctypes.CDLL:
         "lm_vec_dot": (c_float, [c_int, c_int64, c_void_p, c_void_p]),
         "lm_matmul": (c_int, [c_void_p, c_int, c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p]),
         "lm_can_interleave": (c_int, [c_int]),
+        "lm_can_pack16": (c_int, [c_int]),
+        "lm_pack16_bytes": (c_int64, [c_int, c_int64, c_int64]),
+        "lm_pack16": (c_int, [c_int, c_void_p, c_void_p, c_int64, c_int64]),
         "lm_interleave": (c_int, [c_int, c_void_p, c_void_p, c_int64, c_int64]),
         "lm_forward_workspace_bytes": (c_size_t, [POINTER(LmModel), POINTER(LmKV), c_int64, c_int]),
         "lm_forward_seqs": (
@@ -224,12 +228,36 @@ def dequantize_rows(wtype: int, raw: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def pack16(wtype: int, w: np.ndarray, k: int) -> np.ndarray:
+    """W (rows, bytes per row) in GGUF blocks -> the server's 16-row layout (Q4_1, Q8_0, rows % 16 == 0)."""
+    lib = library()
+    rows = w.shape[0]
+    if not lib.lm_can_pack16(int(wtype)) or rows % 16:
+        raise LlametteError(f"type {wtype} with {rows} rows has no 16-row layout in this build")
+    out = np.empty(lib.lm_pack16_bytes(int(wtype), rows, k), np.uint8)
+    if lib.lm_pack16(int(wtype), np.ascontiguousarray(w).ctypes.data, out.ctypes.data, rows, k):
+        raise LlametteError(f"type {wtype}: the weights could not be packed")
+    return out.reshape(rows, -1)
+
+
+def can_pack16(wtype: int, rows: int) -> bool:
+    return bool(library().lm_can_pack16(int(wtype))) and rows % 16 == 0
+
+
 def matmul(
-    pool: ThreadPool, wtype: int, w: np.ndarray, k: int, x: np.ndarray, repacked: bool = False, interleave: bool = False
+    pool: ThreadPool,
+    wtype: int,
+    w: np.ndarray,
+    k: int,
+    x: np.ndarray,
+    repacked: bool = False,
+    interleave: bool = False,
+    packed16: bool = False,
 ) -> np.ndarray:
     """x (n, k) float32 times W^T, W (rows, bytes per row) in its GGUF block layout -> (n, rows) float32.
     repacked: round as llama.cpp's 8-row repacked kernels do (REPACKED_TYPES, rows % 8 == 0).
-    interleave: also copy W into the interleaved layout the model uses for it where the build supports that."""
+    interleave: also copy W into the interleaved layout the model uses for it where the build supports that.
+    packed16: copy W into the server's 16-row layout and multiply with that (Q4_1, Q8_0)."""
     lib = library()
     block = c_int()
     qk = lib.lm_block_size(int(wtype), ctypes.byref(block))
@@ -241,6 +269,8 @@ def matmul(
         raise LlametteError(f"matmul: type {wtype} with {w.shape[0]} rows has no repacked layout")
     y = np.empty((x.shape[0], w.shape[0]), np.float32)
     flags = LM_REPACKED if repacked else 0
+    if packed16:
+        w, flags = pack16(wtype, w, k), LM_PACK16
     if interleave:
         if not (repacked and lib.lm_can_interleave(int(wtype))):
             raise LlametteError(f"matmul: type {wtype} is not interleaved by this build")
@@ -368,10 +398,14 @@ class NativeLlama:
         n_threads: int | None = None,
         flash_attn: bool = False,
         n_ubatch: int = 512,
+        batch_layout: bool = False,
     ) -> None:
         """flash_attn: llama.cpp's flash-attention arithmetic (its tools' default) instead of its plain path
         (llama-cpp-python's default). n_ubatch: tokens per native call, as llama.cpp's physical batch; longer
-        inputs run in batches of that size, which also decides which of llama.cpp's kernels each one matches."""
+        inputs run in batches of that size, which also decides which of llama.cpp's kernels each one matches.
+        batch_layout: copy Q4_1 and Q8_0 weights into the 16-row layout whose kernel computes any number of
+        sequences with one arithmetic and about half the work per sequence (the server's continuous batching;
+        the numbers then differ from llama.cpp's in rounding)."""
         library()
         if not isinstance(n_ubatch, int) or n_ubatch < 1:
             raise LlametteError(f"n_ubatch must be a positive integer, got {n_ubatch!r}")
@@ -379,6 +413,7 @@ class NativeLlama:
         self.repacked_bytes = 0  # weights copied into an interleaved layout (the rest is read from the file)
         self.flash_attn = bool(flash_attn)
         self.n_ubatch = n_ubatch
+        self.batch_layout = bool(batch_layout)
         self.pool = ThreadPool(default_threads() if n_threads is None else n_threads)
         self._keep: list[np.ndarray] = []  # arrays the C structs point into
         present = {spec.name for spec in check_tensors(gguf, cfg)}
@@ -419,14 +454,25 @@ class NativeLlama:
             attn_scale=1.0 / float(np.sqrt(np.float32(cfg.head_dim))),
             rope_freqs=self._floats(gguf, freqs) if freqs in present else None,
             output_norm=self._floats(gguf, "output_norm.weight"),
-            token_embd=self._weight(gguf, "token_embd.weight"), output=self._weight(gguf, out), layers=layers,
+            token_embd=self._weight(gguf, "token_embd.weight", product=False), output=self._weight(gguf, out),
+            layers=layers,
             flash_attn=int(self.flash_attn),
         )  # fmt: skip
         self._workspace = np.zeros(0, np.uint8)
 
-    def _weight(self, gguf: GGUFFile, name: str) -> LmWeight:
+    def _weight(self, gguf: GGUFFile, name: str, product: bool = True) -> LmWeight:
+        """product: used in matrix products (not only read by rows, as the embedding table is; a tied output
+        matrix is the same tensor in both roles, loaded twice)."""
         info, raw = gguf.tensors[name], gguf.tensor_bytes(name)
         flags = weight_layout(name, info.type, info.shape[0])
+        if self.batch_layout and product and can_pack16(info.type, info.shape[0]):
+            packed = pack16(info.type, raw, info.shape[1])
+            self.repacked_bytes += packed.nbytes
+            self._keep.append(packed)
+            row_bytes = raw.shape[-1]
+            if name != "token_embd.weight":  # (the embedding table still reads the file's rows)
+                gguf.release(name)
+            return LmWeight(packed.ctypes.data, int(info.type), info.shape[0], info.shape[1], row_bytes, LM_PACK16)
         if flags & LM_INTERLEAVED:
             # like llama.cpp's CPU_REPACK: a copy with 8 rows interleaved per block, read in one stream; the
             # file's pages are then dropped from this process

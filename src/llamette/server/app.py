@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -59,6 +60,7 @@ class ServerState:
         self.model = engine.model
         self.api_key, self.metrics = api_key, metrics
         self.started = time.time()
+        self.outbox: Outbox | None = None
 
 
 def create_app(
@@ -305,10 +307,38 @@ def make_request(state: ServerState, body: SamplingFields, ids: list[int], limit
     return EngineRequest(ids, params, -1 if limit is None else limit, stops, n_probs)
 
 
+class Outbox:
+    """Events from the engine thread to the event loop: one loop wake-up per batch of events (a decode step
+    gives one event per running request), not one per event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: list = []
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def put(self, queue: asyncio.Queue, event: dict) -> None:
+        with self.lock:
+            self.items.append((queue, event))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self.flush)
+
+    def flush(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for queue, event in items:
+            queue.put_nowait(event)
+
+
 def submit(state: ServerState, req: EngineRequest) -> asyncio.Queue:
     loop = asyncio.get_running_loop()
+    if state.outbox is None or state.outbox.loop is not loop:
+        state.outbox = Outbox(loop)
+    outbox = state.outbox
     events: asyncio.Queue = asyncio.Queue()
-    req.sink = lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)
+    req.sink = lambda ev: outbox.put(events, ev)
     state.engine.add_request(req)
     return events
 
@@ -348,8 +378,17 @@ def sse(chunks: AsyncIterator[dict], state: ServerState, req: EngineRequest, don
 
 
 async def events_of(events: asyncio.Queue) -> AsyncIterator[dict]:
+    """The engine's events; token events already waiting are merged into one (a client that reads slower than
+    the model writes gets fewer, larger chunks instead of falling further behind)."""
     while True:
         ev = await events.get()
+        while ev["type"] == "token" and not events.empty():
+            nxt = events.get_nowait()
+            if nxt["type"] != "token":
+                yield ev
+                ev = nxt
+                break
+            ev = {"type": "token", "text": ev["text"] + nxt["text"], "logprobs": ev["logprobs"] + nxt["logprobs"]}
         yield ev
         if ev["type"] != "token":
             return

@@ -188,6 +188,17 @@ static void seqs_attention(fwd_task *t, int64_t il, float *scratch, int ith, int
         }
         return;
     }
+    if (m->batch_layout && m->n_heads / m->n_kv_heads <= 16) { /* jobs: (token, KV head) */
+        long u0, u1;
+        lm_split(n * m->n_kv_heads, ith, nth, &u0, &u1);
+        for (long u = u0; u < u1; u++) {
+            const int64_t i = u / m->n_kv_heads, hk = u % m->n_kv_heads;
+            const lm_kv *kv = t->kvs[i];
+            lm_attend_shared(t->q + i * q_dim, m->n_heads, m->n_kv_heads, hd, kv->k[il], kv->v[il], kv->capacity,
+                             t->pos[i], m->attn_scale, t->att + i * q_dim, scratch, hk, hk + 1);
+        }
+        return;
+    }
     long j0, j1;
     lm_split(n * m->n_heads, ith, nth, &j0, &j1);
     for (int64_t i = j0 / m->n_heads; i < n && i * m->n_heads < j1; i++) {
@@ -384,7 +395,9 @@ static int64_t max_act_bytes(const lm_model *m) {
 
 /* per-thread attention scratch (floats) for whichever attention the model uses */
 static int64_t attn_scratch_floats(const lm_model *m, const lm_kv *kv, int64_t n_tok) {
-    const int64_t plain = (int64_t)lm_attention_scratch_floats(kv->capacity, m->head_dim);
+    int64_t plain = (int64_t)lm_attention_scratch_floats(kv->capacity, m->head_dim);
+    const int64_t shared = (int64_t)lm_attend_shared_scratch_floats(kv->capacity, m->n_heads, m->head_dim);
+    if (m->batch_layout && shared > plain) plain = shared;
     const int64_t flash = m->flash_attn ? (int64_t)lm_flash_attn_scratch_floats(kv->capacity, m->head_dim, n_tok) : 0;
     return ((plain > flash ? plain : flash) + 15) & ~(int64_t)15; /* a multiple of 64 bytes per thread */
 }
@@ -405,6 +418,11 @@ static int forward_impl(lm_pool *pool, const lm_model *m, const lm_kv *kv, const
 int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t *tokens, int64_t n_tok, int64_t pos0,
                int64_t n_out, float *logits, void *workspace, size_t workspace_bytes) {
     if (n_tok < 1 || n_out < 0 || n_out > n_tok || pos0 < 0 || pos0 + n_tok > kv->capacity) return -1;
+    if (m->batch_layout && n_tok == 1 && n_out == 1) { /* a lone decode step is a batch of one (same bits) */
+        const lm_kv *kvs[1] = {kv};
+        const int32_t pos[1] = {(int32_t)pos0};
+        return forward_impl(pool, m, kv, kvs, tokens, 1, 0, pos, 1, logits, workspace, workspace_bytes);
+    }
     return forward_impl(pool, m, kv, NULL, tokens, n_tok, pos0, NULL, n_out, logits, workspace, workspace_bytes);
 }
 

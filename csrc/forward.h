@@ -36,6 +36,7 @@ typedef struct {
     lm_weight token_embd, output;
     lm_layer *layers;
     int64_t flash_attn; /* 1: llama.cpp's flash-attention arithmetic (flash_attn.c), 0: its default path */
+    int64_t batch_layout; /* the server's layout: lm_forward_seqs attends with lm_attend_shared (not llama.cpp's) */
 } lm_model;
 
 /* one sequence's KV cache, per layer */

@@ -261,3 +261,108 @@ void lm_attention_jobs(const float *q, int64_t n_tok, int64_t n_heads, int64_t n
         }
     }
 }
+
+size_t lm_attend_shared_scratch_floats(int64_t n_keys, int64_t n_heads, int64_t head_dim) {
+    return (size_t)(((n_keys + 15) & ~(int64_t)15) * n_heads + n_heads * head_dim + 16 * head_dim + 64);
+}
+
+#if LM_AVX512
+/* lane j of the result = the sum of a[j]'s 16 lanes (a 16 x 16 transpose folded into the additions) */
+static inline __m512 sum16x16(const __m512 a[16]) {
+    __m512 v[4];
+    for (int g = 0; g < 4; g++) {
+        const __m512 *x = a + 4 * g;
+        const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(x[0], x[1]), _mm512_unpackhi_ps(x[0], x[1]));
+        const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(x[2], x[3]), _mm512_unpackhi_ps(x[2], x[3]));
+        v[g] = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));
+    }
+    const __m512 x01 = _mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], 0x88), _mm512_shuffle_f32x4(v[0], v[1], 0xDD));
+    const __m512 x23 = _mm512_add_ps(_mm512_shuffle_f32x4(v[2], v[3], 0x88), _mm512_shuffle_f32x4(v[2], v[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x01, x23, 0x88), _mm512_shuffle_f32x4(x01, x23, 0xDD));
+}
+#endif
+
+void lm_attend_shared(const float *q, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, const lm_half *k_cache,
+                      const lm_half *v_cache, int64_t capacity, int64_t pos, float scale, float *out, float *scratch,
+                      int64_t hk0, int64_t hk1) {
+    const int64_t rep = n_heads / n_kv_heads, n_keys = pos + 1, n16 = (n_keys + 15) & ~(int64_t)15;
+    float *w = scratch;               /* (rep, n16) scores, then probabilities */
+    float *qf = scratch + rep * n16;  /* (rep, head_dim) the queries, rounded to half as the cache is */
+    float *kf = qf + rep * head_dim;  /* (16, head_dim) a block of keys as floats */
+    for (int64_t hk = hk0; hk < hk1; hk++) {
+        const lm_half *kh = k_cache + hk * capacity * head_dim, *vh = v_cache + hk * head_dim * capacity;
+        for (int64_t r = 0; r < rep; r++)
+            for (int64_t d = 0; d < head_dim; d++) qf[r * head_dim + d] = lm_h2f(lm_f2h(q[(hk * rep + r) * head_dim + d]));
+        /* scores: each key row converted once for the rep heads that read it; 16 keys reduced together */
+#if LM_AVX512
+        if (head_dim % 16 == 0) {
+            for (int64_t l0 = 0; l0 < n_keys; l0 += 16) {
+                const int64_t nk = n_keys - l0 < 16 ? n_keys - l0 : 16;
+                for (int64_t j = 0; j < nk; j++)
+                    for (int64_t d = 0; d < head_dim; d += 16)
+                        _mm512_storeu_ps(kf + j * head_dim + d, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                                                    (const __m256i *)(kh + (l0 + j) * head_dim + d))));
+                for (int64_t r = 0; r < rep; r++) {
+                    __m512 acc[16];
+                    for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+                    for (int64_t j = 0; j < nk; j++)
+                        for (int64_t d = 0; d < head_dim; d += 16)
+                            acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(kf + j * head_dim + d),
+                                                     _mm512_loadu_ps(qf + r * head_dim + d), acc[j]);
+                    _mm512_storeu_ps(w + r * n16 + l0, _mm512_mul_ps(sum16x16(acc), _mm512_set1_ps(scale)));
+                }
+            }
+        } else
+#endif
+        for (int64_t l = 0; l < n_keys; l++) {
+            float s[16] = {0};
+            for (int64_t r = 0; r < rep && r < 16; r++) {
+                float acc = 0.0f;
+#if LM_AVX512
+                __m512 v = _mm512_setzero_ps();
+                int64_t d = 0;
+                for (; d + 16 <= head_dim; d += 16) {
+                    const __m512 k16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kh + l * head_dim + d)));
+                    v = _mm512_fmadd_ps(k16, _mm512_loadu_ps(qf + r * head_dim + d), v);
+                }
+                acc = _mm512_reduce_add_ps(v);
+                for (; d < head_dim; d++) acc += lm_h2f(kh[l * head_dim + d]) * qf[r * head_dim + d];
+#else
+                for (int64_t d = 0; d < head_dim; d++) acc += lm_h2f(kh[l * head_dim + d]) * qf[r * head_dim + d];
+#endif
+                s[r] = acc;
+            }
+            for (int64_t r = 0; r < rep; r++) w[r * n16 + l] = s[r] * scale;
+        }
+        for (int64_t r = 0; r < rep; r++) {
+            float *wr = w + r * n16, max = -INFINITY, sum = 0.0f;
+            for (int64_t l = 0; l < n_keys; l++) max = wr[l] > max ? wr[l] : max;
+            for (int64_t l = 0; l < n_keys; l++) sum += (wr[l] = lm_expf(wr[l] - max));
+            const float inv = 1.0f / sum;
+            for (int64_t l = 0; l < n_keys; l++) wr[l] *= inv;
+            for (int64_t l = n_keys; l < n16; l++) wr[l] = 0.0f;
+        }
+        /* values: each row of V (one dimension, every key) once for the rep heads */
+        for (int64_t d = 0; d < head_dim; d++) {
+            const lm_half *vd = vh + d * capacity;
+#if LM_AVX512
+            __m512 acc[16];
+            for (int64_t r = 0; r < rep && r < 16; r++) acc[r] = _mm512_setzero_ps();
+            for (int64_t l = 0; l < n16; l += 16) {
+                const int64_t left = n_keys - l;
+                const __mmask16 m = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+                const __m512 v16 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, vd + l));
+                for (int64_t r = 0; r < rep && r < 16; r++)
+                    acc[r] = _mm512_fmadd_ps(v16, _mm512_loadu_ps(w + r * n16 + l), acc[r]);
+            }
+            for (int64_t r = 0; r < rep && r < 16; r++) out[(hk * rep + r) * head_dim + d] = _mm512_reduce_add_ps(acc[r]);
+#else
+            for (int64_t r = 0; r < rep; r++) {
+                float acc = 0.0f;
+                for (int64_t l = 0; l < n_keys; l++) acc += lm_h2f(vd[l]) * w[r * n16 + l];
+                out[(hk * rep + r) * head_dim + d] = acc;
+            }
+#endif
+        }
+    }
+}

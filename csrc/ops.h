@@ -31,6 +31,13 @@ size_t lm_attention_scratch_floats(int64_t n_keys, int64_t head_dim);
 void lm_attention_part(const float *q, int64_t n_tok, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                        const lm_half *k_cache, const lm_half *v_cache, int64_t capacity, int64_t pos0, float scale,
                        float *out, float *scratch, int ith, int nth);
+/* One query token against its cache for KV heads [hk0, hk1) and all their query heads at once (at most 16 per
+ * KV head): each key and value row is converted from half floats once for the heads that share it. Plain float
+ * arithmetic (not ggml's): the server's batched decode in its own layout. scratch: lm_attend_shared_scratch_floats. */
+size_t lm_attend_shared_scratch_floats(int64_t n_keys, int64_t n_heads, int64_t head_dim);
+void lm_attend_shared(const float *q, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, const lm_half *k_cache,
+                      const lm_half *v_cache, int64_t capacity, int64_t pos, float scale, float *out, float *scratch,
+                      int64_t hk0, int64_t hk1);
 /* jobs [j0, j1), job = token * n_heads + head */
 void lm_attention_jobs(const float *q, int64_t n_tok, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                        const lm_half *k_cache, const lm_half *v_cache, int64_t capacity, int64_t pos0, float scale,

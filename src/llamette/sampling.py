@@ -394,6 +394,9 @@ class Sampler:
         self.n_vocab = n_vocab
         self.seed = resolve_seed(params.seed)
         self.last: TokenProbs | None = None
+        bias = self.params.logit_bias
+        self._bias_ids = np.fromiter((int(t) for t in bias), np.int64, len(bias))
+        self._bias_vals = np.fromiter((float(v) for v in bias.values()), np.float32, len(bias))
         self.reset()
 
     @property
@@ -427,10 +430,18 @@ class Sampler:
     def sample(self, logits: np.ndarray) -> int:
         """logits (n_vocab,) -> token id, without recording it."""
         s = self.params
+        penalize = s.repeat_last_n != 0 and (s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty)
+        if s.greedy and not penalize and not s.n_probs:  # the common serving case, without building candidates
+            if not len(self._bias_ids):
+                return int(np.argmax(logits))
+            x = np.array(logits, dtype=np.float32).reshape(-1)
+            ok = self._bias_ids < len(x)
+            x[self._bias_ids[ok]] += self._bias_vals[ok]
+            return int(np.argmax(x))
         c = Candidates.from_logits(logits)
         if s.logit_bias:
             apply_logit_bias(c, s.logit_bias)
-        if s.repeat_last_n != 0 and (s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty):
+        if penalize:
             apply_penalties(c, self._counts, s.repeat_penalty, s.frequency_penalty, s.presence_penalty)
         if s.greedy:
             idx = int(np.argmax(c.logits))

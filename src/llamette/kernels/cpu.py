@@ -23,7 +23,7 @@ from llamette.model.config import ModelConfig
 from llamette.model.weights import check_tensors
 from llamette.quant import dequantize
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 
 class NativeUnavailable(LlametteError):
@@ -70,6 +70,7 @@ class LmModel(ctypes.Structure):
         ("rms_eps", c_float), ("rope_base", c_float), ("rope_freq_scale", c_float), ("attn_scale", c_float),
         ("rope_freqs", c_void_p), ("output_norm", c_void_p),
         ("token_embd", LmWeight), ("output", LmWeight), ("layers", POINTER(LmLayer)), ("flash_attn", c_int64),
+        ("batch_layout", c_int64),
     ]  # fmt: skip
 
 
@@ -456,7 +457,7 @@ class NativeLlama:
             output_norm=self._floats(gguf, "output_norm.weight"),
             token_embd=self._weight(gguf, "token_embd.weight", product=False), output=self._weight(gguf, out),
             layers=layers,
-            flash_attn=int(self.flash_attn),
+            flash_attn=int(self.flash_attn), batch_layout=int(self.batch_layout),
         )  # fmt: skip
         self._workspace = np.zeros(0, np.uint8)
 

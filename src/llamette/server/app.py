@@ -366,8 +366,9 @@ async def collect(events: asyncio.Queue, http: Request, state: ServerState, req:
 def sse(chunks: AsyncIterator[dict], state: ServerState, req: EngineRequest, done_marker: bool = True):
     async def body() -> AsyncIterator[str]:
         try:
-            async for chunk in chunks:
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            async for chunk in chunks:  # a dict, or JSON text already (the per-token fast path)
+                text = chunk if isinstance(chunk, str) else json.dumps(chunk, ensure_ascii=False)
+                yield f"data: {text}\n\n"
             if done_marker:
                 yield "data: [DONE]\n\n"
         finally:  # the client went away (or we are done): free the slot
@@ -394,10 +395,19 @@ async def events_of(events: asyncio.Queue) -> AsyncIterator[dict]:
             return
 
 
-async def completion_chunks(head, events, req, logprobs, include_usage) -> AsyncIterator[dict]:
+def _json_prefix(head: dict, rest: str) -> str:
+    """JSON text of head with more members to follow: '{..., ' + rest."""
+    return json.dumps(head, ensure_ascii=False)[:-1] + ", " + rest
+
+
+async def completion_chunks(head, events, req, logprobs, include_usage) -> AsyncIterator[dict | str]:
+    prefix = _json_prefix(head, '"choices": [{"text": ')
     async for ev in events_of(events):
-        if ev["type"] == "token":
-            lp = completion_logprobs(ev["logprobs"]) if logprobs is not None else None
+        if ev["type"] == "token" and logprobs is None:
+            text = json.dumps(ev["text"], ensure_ascii=False)
+            yield f'{prefix}{text}, "index": 0, "logprobs": null, "finish_reason": null}}]}}'
+        elif ev["type"] == "token":
+            lp = completion_logprobs(ev["logprobs"])
             yield {**head, "choices": [{"text": ev["text"], "index": 0, "logprobs": lp, "finish_reason": None}]}
         elif ev["type"] == "done":
             yield {**head, "choices": [{"text": "", "index": 0, "logprobs": None,
@@ -408,16 +418,20 @@ async def completion_chunks(head, events, req, logprobs, include_usage) -> Async
             yield {"error": error_body(ev.get("status", 500), ev["message"], "server_error")["error"]}
 
 
-async def chat_chunks(head, events, req, logprobs, include_usage) -> AsyncIterator[dict]:
+async def chat_chunks(head, events, req, logprobs, include_usage) -> AsyncIterator[dict | str]:
     head = {**head, "object": "chat.completion.chunk"}
+    prefix = _json_prefix(head, '"choices": [{"index": 0, "delta": {"content": ')
 
     def chunk(delta, finish=None, lp=None, **extra):
         return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}], **extra}
 
     yield chunk({"role": "assistant", "content": ""})
     async for ev in events_of(events):
-        if ev["type"] == "token":
-            yield chunk({"content": ev["text"]}, lp=chat_logprobs(ev["logprobs"], 0) if logprobs else None)
+        if ev["type"] == "token" and not logprobs:
+            text = json.dumps(ev["text"], ensure_ascii=False)
+            yield f'{prefix}{text}}}, "logprobs": null, "finish_reason": null}}]}}'
+        elif ev["type"] == "token":
+            yield chunk({"content": ev["text"]}, lp=chat_logprobs(ev["logprobs"], 0))
         elif ev["type"] == "done":
             yield chunk({}, ev["finish_reason"], timings=ev["timings"])
             if include_usage:

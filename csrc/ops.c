@@ -335,12 +335,26 @@ void lm_attend_shared(const float *q, int64_t n_heads, int64_t n_kv_heads, int64
             for (int64_t r = 0; r < rep; r++) w[r * n16 + l] = s[r] * scale;
         }
         for (int64_t r = 0; r < rep; r++) {
-            float *wr = w + r * n16, max = -INFINITY, sum = 0.0f;
+            float *wr = w + r * n16, max = -INFINITY;
             for (int64_t l = 0; l < n_keys; l++) max = wr[l] > max ? wr[l] : max;
+#if LM_AVX512
+            __m512 sum16 = _mm512_setzero_ps();
+            for (int64_t l = 0; l < n16; l += 16) {
+                const int64_t left = n_keys - l;
+                const __mmask16 m = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+                const __m512 e = _mm512_maskz_mov_ps(m, lm_expf16(_mm512_sub_ps(_mm512_loadu_ps(wr + l), _mm512_set1_ps(max))));
+                _mm512_storeu_ps(wr + l, e);
+                sum16 = _mm512_add_ps(sum16, e);
+            }
+            const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum16));
+            for (int64_t l = 0; l < n16; l += 16) _mm512_storeu_ps(wr + l, _mm512_mul_ps(_mm512_loadu_ps(wr + l), inv));
+#else
+            float sum = 0.0f;
             for (int64_t l = 0; l < n_keys; l++) sum += (wr[l] = lm_expf(wr[l] - max));
             const float inv = 1.0f / sum;
             for (int64_t l = 0; l < n_keys; l++) wr[l] *= inv;
             for (int64_t l = n_keys; l < n16; l++) wr[l] = 0.0f;
+#endif
         }
         /* values: each row of V (one dimension, every key) once for the rep heads */
         for (int64_t d = 0; d < head_dim; d++) {

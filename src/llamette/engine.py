@@ -206,18 +206,19 @@ class Engine:
                 return
 
     def _admit(self) -> None:
-        """Move waiting requests into free slots; evaluate the prompt of one of them."""
+        """Move waiting requests into free slots and evaluate their prompts, up to about prefill_chunk prompt
+        tokens per step (so running streams wait at most about one chunk's time)."""
         self._deferred.extend(self._drain())
         self._deferred = [r for r in self._deferred if not (r.aborted and self._dropped(r))]
-        prefilled = False
-        while self._deferred and not prefilled:
+        budget = self.prefill_chunk
+        while self._deferred and budget > 0:
             free = [s for s in self.slots if not s.busy]
             if not free:
                 return
             request = self._deferred.pop(0)
             slot = max(free, key=lambda s: (common_prefix(s.cache.tokens, request.prompt_ids), -s.last_used))
             self._start(slot, request)
-            prefilled = True
+            budget -= max(request.n_prompt, 1)
 
     @staticmethod
     def _dropped(request: Request) -> bool:

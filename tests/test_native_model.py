@@ -106,17 +106,17 @@ def test_bad_tokens_are_refused_before_c() -> None:
         load(tiny_path("F32"), n_threads=0)
 
 
-@pytest.mark.parametrize("batch_layout", [False, True], ids=["file-layout", "batch-layout"])
+LAYOUTS = [(q, False) for q in TINY_TYPES] + [(q, True) for q in ("Q4_1", "Q8_0")]
+
+
 @pytest.mark.parametrize("flash", [False, True])
-@pytest.mark.parametrize("qtype", TINY_TYPES)
+@pytest.mark.parametrize(("qtype", "batch_layout"), LAYOUTS, ids=[f"{q}{'-batch' if b else ''}" for q, b in LAYOUTS])
 def test_batched_decode_gives_each_sequence_its_lone_bits(qtype: str, flash: bool, batch_layout: bool) -> None:
     """decode_batch (the server's continuous batching) reads the weights once for several sequences; each row
     must equal that sequence decoded alone, bit for bit, whatever else shares the step. Also with the server's
     16-row layout (batch_layout), and there also against prompt batches."""
     from llamette.loader import load
 
-    if batch_layout and qtype not in ("Q4_1", "Q8_0"):
-        pytest.skip("the 16-row layout is for Q4_1 and Q8_0")
     model = load(tiny_path(qtype), backend="cpu", n_threads=2, flash_attn=flash, batch_layout=batch_layout)
     if batch_layout and not model.net.repacked_bytes:
         pytest.skip("this build has no 16-row kernel (needs AVX-512 VNNI)")

@@ -3,6 +3,7 @@
  * quantize_row_q8_* in ggml-cpu), so results match llama.cpp bit for bit. */
 #include "api.h"
 #include "common.h"
+#include "simd.h"
 
 const int8_t lm_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
@@ -249,6 +250,24 @@ int lm_dequantize_row(int type, const void *src, float *dst, int64_t n) {
 /* ggml's x86 quantize_row_q8_0/q8_1: scale 127/amax, round half to even, d = amax/127 stored as half.
  * Returns sum(q) and the unrounded d, for q8_1's s = d * sum(q). */
 static inline int q8_block(const float *x, int8_t *q, lm_half *d_out, float *d_f32) {
+#if LM_AVX512
+    /* the same numbers as the loop below: max is exact in any order, x * id is one rounding either way, and
+     * the conversion rounds to nearest even as nearbyintf does in the default mode */
+    {
+        const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        const float d = amax / 127.f;
+        const float id = amax != 0.0f ? 127.f / amax : 0.0f;
+        *d_out = lm_f2h(d);
+        *d_f32 = d;
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(x0, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(x1, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm_storeu_si128((__m128i *)q, _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtsepi32_epi8(q1));
+        return _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+#endif
     float amax = 0.0f;
     for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
     const float d = amax / 127.f;

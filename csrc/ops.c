@@ -356,10 +356,13 @@ void lm_attend_shared(const float *q, int64_t n_heads, int64_t n_kv_heads, int64
             for (int64_t l = n_keys; l < n16; l++) wr[l] = 0.0f;
 #endif
         }
-        /* values: each row of V (one dimension, every key) once for the rep heads */
+        /* values: each row of V (one dimension, every key) once for the rep heads; the rows are capacity apart,
+         * too far for the hardware prefetcher, so the rows a few dimensions ahead are fetched meanwhile */
         for (int64_t d = 0; d < head_dim; d++) {
             const lm_half *vd = vh + d * capacity;
 #if LM_AVX512
+            if (d + 4 < head_dim)
+                for (int64_t l = 0; l < n_keys; l += 32) _mm_prefetch((const char *)(vd + 4 * capacity + l), _MM_HINT_T0);
             __m512 acc[16];
             for (int64_t r = 0; r < rep && r < 16; r++) acc[r] = _mm512_setzero_ps();
             for (int64_t l = 0; l < n16; l += 16) {

@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("-r", "--repeats", type=int, default=3, help="runs per stream count (default: 3)")
     ap.add_argument("--streams", default="1,4,8", help="stream counts (default: 1,4,8)")
     ap.add_argument("-t", "--threads", type=int, help="server threads (default: physical cores)")
+    ap.add_argument("--no-batch-layout", action="store_true", help="llama.cpp arithmetic")
     args = ap.parse_args()
     counts = [int(x) for x in args.streams.split(",")]
     port = free_port()
@@ -82,6 +83,7 @@ def main() -> None:
            "-c", str(max(counts) * (args.tokens + 64))]  # fmt: skip
     cmd += ["-m", args.model] if args.model else []
     cmd += ["-t", str(args.threads)] if args.threads else []
+    cmd += ["--no-batch-layout"] if args.no_batch_layout else []
     server = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -125,6 +125,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from llamette.quantizer import Options, ftype_named, quantize_file, tensor_type_named
+
+    ftype = ftype_named(args.type)
+    options = Options(
+        pure=args.pure,
+        output_tensor_type=tensor_type_named(args.output_tensor_type) if args.output_tensor_type else None,
+        token_embedding_type=tensor_type_named(args.token_embedding_type) if args.token_embedding_type else None,
+        allow_requantize=args.allow_requantize,
+        leave_output_tensor=args.leave_output_tensor,
+    )
+    if not Path(args.input).is_file():
+        raise LlametteError(f"{args.input}: no such file")
+    _log(f"quantize: {args.input} -> {args.output} as {ftype.name}{' (pure)' if args.pure else ''}")
+    s = quantize_file(args.input, args.output, ftype.name, options, n_threads=args.threads, log=_log)
+    mib = 1024 * 1024
+    types = ", ".join(f"{k} x{v}" for k, v in sorted(s.types.items()))
+    _log(
+        f"quantize: {s.n_quantized} of {s.n_tensors} tensors converted in {s.seconds:.1f} s\n"
+        f"model size = {s.bytes_in / mib:.2f} MiB, quant size = {s.bytes_out / mib:.2f} MiB "
+        f"({s.bits_per_weight:.2f} bits per weight); tensor types: {types}"
+    )
+    return 0
+
+
 def make_sampler(args: argparse.Namespace, model, n_ctx: int):
     """The sampler chain from llama.cpp's flags (--ignore-eos = a -inf bias on every end-of-generation token)."""
     from llamette.sampling import Sampler, SamplingParams
@@ -532,6 +557,28 @@ def _build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--chat-template-file", metavar="FILE", help="read a Jinja2 chat template from FILE")
     chat.add_argument("--perf", action="store_true", help="after each reply, print tokens evaluated and tokens/s")
     chat.set_defaults(func=cmd_chat)
+
+    quant = sub.add_parser("quantize", help="convert a GGUF model to another type (llama-quantize's recipes)")
+    quant.add_argument("input", help="GGUF file to read")
+    quant.add_argument("output", help="GGUF file to write (replaced only once complete)")
+    quant.add_argument(
+        "type",
+        help="F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M "
+        "Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS (Q3_K, Q4_K, Q5_K: the _M mixes)",
+    )
+    quant.add_argument(
+        "-t", "--threads", type=_positive_int, default=None, metavar="N", help="threads (default: the physical cores)"
+    )
+    quant.add_argument("--pure", action="store_true", help="every quantizable tensor in TYPE, no per-tensor mix")
+    quant.add_argument("--output-tensor-type", metavar="T", help="type of output.weight")
+    quant.add_argument("--token-embedding-type", metavar="T", help="type of token_embd.weight")
+    quant.add_argument(
+        "--allow-requantize",
+        action="store_true",
+        help="allow converting tensors that are already quantized (loses quality)",
+    )
+    quant.add_argument("--leave-output-tensor", action="store_true", help="keep output.weight as it is")
+    quant.set_defaults(func=cmd_quantize)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a chat web page")
     model_arg(serve)

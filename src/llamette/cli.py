@@ -186,8 +186,28 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
     from llamette.loader import load
-    from llamette.perplexity import perplexity
+    from llamette.perplexity import kl_divergence, perplexity, save_base_logits
 
+    if args.kl_divergence:
+        if not args.kl_divergence_base:
+            raise LlametteError("--kl-divergence needs --kl-divergence-base FILE (the base model's saved logits)")
+        base = Path(args.kl_divergence_base)
+        if not base.is_file():
+            raise LlametteError(
+                f"{base}: no such file (make it with --kl-divergence-base FILE -f TEXT on the base model)"
+            )
+        model = load(
+            args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=True)
+        )
+
+        def kld_progress(i: int, n: int, mean_kld: float) -> None:
+            _log(f"kl-divergence: chunk {i + 1}/{n}, mean KLD so far {mean_kld:.6f}")
+
+        result = kl_divergence(model, base, args.chunks, on_chunk=kld_progress)
+        sys.stdout.write(result.report())
+        return 0
+    if not args.file:
+        raise LlametteError("no text: give -f FILE (or --kl-divergence with --kl-divergence-base FILE)")
     path = Path(args.file)
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -208,7 +228,11 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
         sys.stdout.write(f"[{i + 1}]{ppl:.4f},")
         sys.stdout.flush()
 
-    result = perplexity(model, tokens, n_ctx, args.chunks, on_chunk=progress)
+    if args.kl_divergence_base:
+        result = save_base_logits(model, tokens, n_ctx, args.kl_divergence_base, args.chunks, on_chunk=progress)
+        _log(f"perplexity: saved the log-probabilities of {result.n_scored} tokens to {args.kl_divergence_base}")
+    else:
+        result = perplexity(model, tokens, n_ctx, args.chunks, on_chunk=progress)
     sys.stdout.write(f"\nFinal estimate: PPL = {result.ppl:.4f} +/- {result.ppl_error:.5f}\n")
     return 0
 
@@ -631,7 +655,18 @@ def _build_parser() -> argparse.ArgumentParser:
     ppl = sub.add_parser("perplexity", help="perplexity of a text file (llama-perplexity's procedure)")
     model_arg(ppl)
     compute_args(ppl)
-    ppl.add_argument("-f", "--file", required=True, metavar="FILE", help="text file to evaluate")
+    ppl.add_argument("-f", "--file", metavar="FILE", help="text file to evaluate")
+    ppl.add_argument(
+        "--kl-divergence-base",
+        metavar="FILE",
+        help="with -f: also save every scored token's log-probabilities to FILE (llama-perplexity's "
+        "format); with --kl-divergence: the base to compare with",
+    )
+    ppl.add_argument(
+        "--kl-divergence",
+        action="store_true",
+        help="compare this model with --kl-divergence-base FILE: KL divergence, PPL ratio, top token",
+    )
     ppl.add_argument(
         "-c",
         "--ctx-size",

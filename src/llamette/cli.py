@@ -167,6 +167,20 @@ def make_sampler(args: argparse.Namespace, model, n_ctx: int):
     return Sampler(params=params, n_vocab=model.config.n_vocab)
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from llamette.convert import convert
+
+    src = Path(args.model_dir)
+    if not src.is_dir():
+        raise LlametteError(f"{src}: not a directory (give a Hugging Face or Meta checkpoint directory)")
+    out = Path(args.outfile) if args.outfile else src / f"{src.resolve().name}-{args.outtype.upper()}.gguf"
+    t0 = time.perf_counter()
+    path = convert(src, out, outtype=args.outtype, log=_log)
+    _log(f"convert: wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from llamette.hub import pull
 
@@ -680,6 +694,21 @@ def _build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     serve.add_argument("-v", "--verbose", action="store_true", help="log every HTTP request")
     serve.set_defaults(func=cmd_serve)
+
+    conv = sub.add_parser("convert", help="convert a Hugging Face or Meta Llama checkpoint to GGUF")
+    conv.add_argument(
+        "model_dir",
+        metavar="MODEL_DIR",
+        help="config.json + *.safetensors + tokenizer, or params.json + consolidated.*.pth + tokenizer.model",
+    )
+    conv.add_argument("-o", "--outfile", metavar="OUT.gguf", help="output file (default: MODEL_DIR/NAME-TYPE.gguf)")
+    conv.add_argument(
+        "--outtype",
+        choices=("f32", "f16", "bf16", "q8_0"),
+        default="f16",
+        help="type of the 2-D weights (default: f16; norms stay f32)",
+    )
+    conv.set_defaults(func=cmd_convert)
 
     pull = sub.add_parser("pull", help="download a GGUF from the Hugging Face hub into its cache")
     pull.add_argument("ref", metavar="OWNER/NAME[:QUANT]", help="repository and quantization (default Q4_K_M)")

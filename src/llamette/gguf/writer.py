@@ -148,6 +148,9 @@ class GGUFWriter:
             self.abort()
             raise GGUFError(f"{self.path}: only {self._next} of {len(self.tensors)} tensors were written")
         self._f.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp makes it private; a model file is as readable as any other
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:

@@ -140,7 +140,23 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if not Path(args.input).is_file():
         raise LlametteError(f"{args.input}: no such file")
     _log(f"quantize: {args.input} -> {args.output} as {ftype.name}{' (pure)' if args.pure else ''}")
-    s = quantize_file(args.input, args.output, ftype.name, options, n_threads=args.threads, log=_log)
+    bar = None
+    if sys.stderr.isatty():  # a bar for people; the per-tensor lines for logs
+        from tqdm import tqdm
+
+        bar = tqdm(total=Path(args.input).stat().st_size, unit="B", unit_scale=True, desc="quantize", leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    log = (lambda line: bar.write(line, file=sys.stderr)) if bar is not None else _log
+    try:
+        s = quantize_file(args.input, args.output, ftype.name, options, n_threads=args.threads, log=log,
+                          progress=progress if bar is not None else None)  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
     mib = 1024 * 1024
     types = ", ".join(f"{k} x{v}" for k, v in sorted(s.types.items()))
     _log(

@@ -240,8 +240,10 @@ def quantize_file(
     options: Options | None = None,
     n_threads: int | None = None,
     log: Callable[[str], None] = lambda s: None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Summary:
-    """Write dst_path: src_path's metadata and tensors, converted per the mix. A failure leaves no dst file."""
+    """Write dst_path: src_path's metadata and tensors, converted per the mix. A failure leaves no dst file.
+    progress(done, total): input bytes processed so far, after every slab of rows."""
     from llamette.kernels import cpu
     from llamette.quant import dequantize
     from llamette.quant.quantize_native import quantize
@@ -270,6 +272,8 @@ def quantize_file(
         specs = [TensorSpec(name, types[name], src.tensors[name].shape) for name in order]
         pool = cpu.ThreadPool(n_threads or cpu.default_threads())
         summary = Summary(n_tensors=len(specs))
+        total = sum(info.nbytes for info in src.tensors.values())
+        done = 0
         with GGUFWriter(dst_path, metadata, specs, alignment=src.alignment) as out:
             for i, name in enumerate(order):
                 info = src.tensors[name]
@@ -280,6 +284,9 @@ def quantize_file(
                 log(f"[{i + 1:4d}/{len(specs)}] {name:36s} {shape:16s} {info.type.name:>6s} -> {new.name}")
                 if new == info.type:
                     out.write(name, raw)
+                    done += info.nbytes
+                    if progress is not None:
+                        progress(done, total)
                 else:
                     summary.n_quantized += 1
                     raw2 = raw.reshape(rows, -1)
@@ -288,6 +295,9 @@ def quantize_file(
                         part = raw2[r0 : r0 + step]
                         x = dequantize(part.reshape(-1), info.type).reshape(len(part), cols).astype(np.float32)
                         out.write_part(name, _convert(x, new, pool, quantize), last=r0 + step >= rows)
+                        done += part.nbytes
+                        if progress is not None:
+                            progress(done, total)
                 summary.bytes_in += info.nbytes
                 summary.bytes_out += specs[i].nbytes
                 summary.n_params += info.n_elements

@@ -15,7 +15,7 @@ from pathlib import Path
 from llamette import __version__
 from llamette.errors import LlametteError
 
-BACKEND_CHOICES = ("cpu", "ref")  # llamette.kernels.BACKENDS, without importing numpy for --help
+BACKEND_CHOICES = ("cpu", "ref", "torch")  # llamette.kernels.BACKENDS, without importing numpy for --help
 DEFAULT_CTX = 4096  # llama.cpp's default -c; 0 means the model's training context
 
 
@@ -515,7 +515,8 @@ def _build_parser() -> argparse.ArgumentParser:
             "--backend",
             choices=BACKEND_CHOICES,
             default=None,
-            help="cpu: native kernels (default); ref: the numpy reference forward pass (slow, exact math)",
+            help="cpu: native kernels (default); ref: the numpy reference forward pass (slow, exact math); "
+            "torch: PyTorch + Triton on a CUDA GPU (llamette[gpu])",
         )
         sp.add_argument(
             "-fa",

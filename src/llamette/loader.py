@@ -81,7 +81,11 @@ def load(
         raise GGUFError(
             f"{gguf.path}: the tokenizer has {tokenizer.n_vocab} tokens but the embedding only {config.n_vocab} rows"
         )
-    if backend == "cpu":
+    if backend == "torch":
+        from llamette.kernels.torch_backend import TorchLlama
+
+        net = TorchLlama(config, gguf)
+    elif backend == "cpu":
         net = cpu.NativeLlama(config, gguf, n_threads, flash_attn=flash_attn, batch_layout=batch_layout)
     else:
         net = ReferenceLlama(config, load_weights(gguf, config))

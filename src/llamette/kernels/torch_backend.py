@@ -1,0 +1,223 @@
+"""The torch backend: the Llama forward pass in PyTorch, with weights kept in their GGUF block layout.
+
+On a CUDA device, a matrix product with few columns (decode) runs a Triton kernel that dequantizes inside the
+matrix-vector product, and a prompt batch dequantizes the weight to fp16 tiles for torch.matmul (tensor
+cores). Attention is torch's scaled_dot_product_attention over a KV cache kept on the device. Without CUDA
+(tests, a machine without a GPU) the same graph runs on the CPU with the weights dequantized once to float32,
+so its arithmetic can be checked against the numpy reference.
+
+Optional: needs `pip install llamette[gpu]` (torch, triton).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from llamette.cache import check_room, grown_capacity
+from llamette.errors import LlametteError
+from llamette.gguf.reader import GGUFFile
+from llamette.model.config import ModelConfig
+from llamette.model.weights import check_tensors
+
+DECODE_COLUMNS = 8  # up to this many columns: the Triton matrix-vector kernel; more: dequantize + matmul
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise LlametteError("the torch backend needs PyTorch: pip install 'llamette[gpu]'") from None
+    return torch
+
+
+class QWeight:
+    """A weight matrix (rows, K) in its GGUF type: raw blocks on the device, or dequantized on the CPU."""
+
+    def __init__(self, raw: np.ndarray, wtype: int, rows: int, k: int, device) -> None:
+        torch = _torch()
+        self.wtype, self.rows, self.k, self.device = int(wtype), rows, k, device
+        if device.type == "cuda":
+            self.blocks = torch.from_numpy(np.ascontiguousarray(raw)).to(device)  # (rows, row_bytes) uint8
+            self.dense = None
+        else:
+            from llamette.quant import dequantize
+
+            dense = dequantize(np.ascontiguousarray(raw).reshape(-1), wtype).reshape(rows, k)
+            self.dense = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+            self.blocks = None
+
+    def matmul(self, x):
+        """x (n, K) float32 -> (n, rows) float32."""
+        if self.dense is not None:
+            return x @ self.dense.T
+        from llamette.kernels import triton_kernels as tk
+
+        if x.shape[0] <= DECODE_COLUMNS:
+            return tk.matvec(self.blocks, self.wtype, x, self.k)
+        w = tk.dequantize(self.blocks, self.wtype, self.k, out_dtype=_torch().float16)
+        return (x.half() @ w.T).float()
+
+
+class TorchKVCache:
+    """K and V for one sequence on the device: (n_layers, n_kv_heads, capacity, head_dim), grown on demand."""
+
+    def __init__(self, cfg: ModelConfig, n_ctx: int, device, dtype) -> None:
+        self.cfg, self.n_ctx, self.device, self.dtype = cfg, n_ctx, device, dtype
+        self.seq_len = 0
+        self.tokens: list[int] = []
+        self.k = self.v = None
+        self._alloc(0)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.element_size() * self.k.nelement() * 2
+
+    def _alloc(self, capacity: int) -> None:
+        torch = _torch()
+        c = self.cfg
+        shape = (c.n_layers, c.n_kv_heads, capacity, c.head_dim)
+        k, v = (
+            torch.zeros(shape, dtype=self.dtype, device=self.device),
+            torch.zeros(shape, dtype=self.dtype, device=self.device),
+        )
+        if self.k is not None:
+            k[:, :, : self.seq_len] = self.k[:, :, : self.seq_len]
+            v[:, :, : self.seq_len] = self.v[:, :, : self.seq_len]
+        self.k, self.v = k, v
+
+    def reserve(self, n: int) -> int:
+        check_room(self.seq_len, n, self.n_ctx)
+        if self.seq_len + n > self.capacity:
+            self._alloc(grown_capacity(self.capacity, self.seq_len + n, self.n_ctx))
+        return self.seq_len
+
+    def truncate(self, n: int) -> None:
+        self.seq_len = min(self.seq_len, max(0, n))
+        del self.tokens[self.seq_len :]
+
+    def clear(self) -> None:
+        self.seq_len = 0
+        self.tokens = []
+
+
+class TorchLlama:
+    """forward(tokens, cache, all_logits) -> numpy logits, like the other backends."""
+
+    def __init__(self, cfg: ModelConfig, gguf: GGUFFile, device: str | None = None) -> None:
+        torch = _torch()
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise LlametteError("--device cuda: no CUDA device is available")
+        self.cfg = cfg
+        self.kv_dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        present = {spec.name for spec in check_tensors(gguf, cfg)}
+
+        def floats(name: str):
+            from llamette.quant import dequantize
+
+            arr = dequantize(gguf.tensor_bytes(name).reshape(-1), gguf.tensors[name].type).astype(np.float32)
+            return torch.from_numpy(arr).to(self.device)
+
+        def matrix(name: str) -> QWeight:
+            info = gguf.tensors[name]
+            return QWeight(gguf.tensor_bytes(name), info.type, info.shape[0], info.shape[1], self.device)
+
+        self.token_embd = matrix("token_embd.weight")
+        self.output = matrix("output.weight") if "output.weight" in present else self.token_embd
+        self.output_norm = floats("output_norm.weight")
+        self.rope_freqs = floats("rope_freqs.weight") if "rope_freqs.weight" in present else None
+        self.layers = []
+        for i in range(cfg.n_layers):
+            p = f"blk.{i}."
+            layer = {n: matrix(f"{p}{n}.weight") for n in
+                     ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}  # fmt: skip
+            layer["attn_norm"], layer["ffn_norm"] = floats(p + "attn_norm.weight"), floats(p + "ffn_norm.weight")
+            for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+                if f"{p}{n}.bias" in present:
+                    layer[n + ".bias"] = floats(f"{p}{n}.bias")
+            self.layers.append(layer)
+        self._embd_rows = gguf.tensor_bytes("token_embd.weight")  # rows dequantized on lookup
+        self._embd_type = gguf.tensors["token_embd.weight"].type
+
+    def new_cache(self, n_ctx: int) -> TorchKVCache:
+        return TorchKVCache(self.cfg, n_ctx, self.device, self.kv_dtype)
+
+    def _embed(self, tokens: np.ndarray):
+        from llamette.quant import dequantize
+
+        torch = _torch()
+        rows = dequantize(np.ascontiguousarray(self._embd_rows[tokens]).reshape(-1), self._embd_type)
+        return torch.from_numpy(rows.reshape(len(tokens), -1).astype(np.float32)).to(self.device)
+
+    def _rms(self, x, w):
+        torch = _torch()
+        scale = torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + self.cfg.rms_eps)
+        return x * scale * w
+
+    def _rope(self, x, positions):
+        """x (T, heads, D): rotate pairs (2i, 2i+1) of the first rope_dims dims (GGUF's permuted Q/K rows)."""
+        torch = _torch()
+        cfg = self.cfg
+        n = cfg.rope_dims
+        inv = cfg.rope_base ** (-torch.arange(0, n, 2, dtype=torch.float64, device=self.device) / n)
+        if self.rope_freqs is not None:
+            inv = inv / self.rope_freqs.double()
+        theta = (positions.double() * cfg.rope_freq_scale)[:, None] * inv  # (T, n/2)
+        cos, sin = torch.cos(theta).float()[:, None, :], torch.sin(theta).float()[:, None, :]
+        x0, x1 = x[..., 0:n:2], x[..., 1:n:2]
+        out = x.clone()
+        out[..., 0:n:2] = x0 * cos - x1 * sin
+        out[..., 1:n:2] = x0 * sin + x1 * cos
+        return out
+
+    def forward(self, tokens: Sequence[int], cache: TorchKVCache, all_logits: bool = False) -> np.ndarray:
+        torch = _torch()
+        toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if len(toks) == 0:
+            raise LlametteError("forward needs at least one token")
+        if toks.min() < 0 or toks.max() >= self.cfg.n_vocab:
+            raise LlametteError(f"token id out of range (the model has {self.cfg.n_vocab} tokens)")
+        cfg, t = self.cfg, len(toks)
+        start = cache.reserve(t)
+        positions = torch.arange(start, start + t, device=self.device)
+        with torch.no_grad():
+            x = self._embed(toks)  # (T, dim)
+            for i, L in enumerate(self.layers):
+                h = self._rms(x, L["attn_norm"])
+                q = self._lin(L, "attn_q", h).view(t, cfg.n_heads, cfg.head_dim)
+                k = self._lin(L, "attn_k", h).view(t, cfg.n_kv_heads, cfg.head_dim)
+                v = self._lin(L, "attn_v", h).view(t, cfg.n_kv_heads, cfg.head_dim)
+                q, k = self._rope(q, positions), self._rope(k, positions)
+                cache.k[i, :, start : start + t] = k.transpose(0, 1).to(cache.dtype)
+                cache.v[i, :, start : start + t] = v.transpose(0, 1).to(cache.dtype)
+                keys = cache.k[i, :, : start + t].float()  # (H_kv, S, D)
+                vals = cache.v[i, :, : start + t].float()
+                rep = cfg.n_heads // cfg.n_kv_heads
+                keys, vals = keys.repeat_interleave(rep, 0), vals.repeat_interleave(rep, 0)  # (H, S, D)
+                s = start + t
+                mask = torch.arange(s, device=self.device)[None, :] <= positions[:, None]  # (T, S)
+                a = torch.nn.functional.scaled_dot_product_attention(
+                    q.transpose(0, 1), keys, vals, attn_mask=mask[None]
+                )  # (H, T, D)
+                x = x + self._lin(L, "attn_output", a.transpose(0, 1).reshape(t, cfg.q_dim))
+                h = self._rms(x, L["ffn_norm"])
+                g = torch.nn.functional.silu(self._lin(L, "ffn_gate", h))
+                x = x + self._lin(L, "ffn_down", g * self._lin(L, "ffn_up", h))
+            if not all_logits:
+                x = x[-1:]
+            logits = self.output.matmul(self._rms(x, self.output_norm))
+        cache.seq_len = start + t
+        return logits.float().cpu().numpy()
+
+    def _lin(self, layer: dict, name: str, x):
+        y = layer[name].matmul(x)
+        bias = layer.get(name + ".bias")
+        return y if bias is None else y + bias

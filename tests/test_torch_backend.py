@@ -54,3 +54,36 @@ def test_gpu_greedy_equals_cpu(smollm2_path) -> None:
         a = list(generate(gpu, case["prompt_ids"], Sampler(0), max_tokens=48, cache=gpu.new_cache(128)))
         b = list(generate(cpu, case["prompt_ids"], Sampler(0), max_tokens=48, cache=cpu.new_cache(128)))
         assert a == b, case["prompt"]
+
+
+@pytest.mark.parametrize("ngl", [0, 1, 2, 3])
+def test_layer_split_gives_the_same_logits(ngl: int) -> None:
+    """-ngl N: the last N layers on the offload device, the rest on the CPU; here both are the CPU, so any
+    split must give the full model's logits (the hidden state crosses devices between layers)."""
+    whole = load(tiny_path("Q4_K"), backend="torch", device="cpu")
+    split = load(tiny_path("Q4_K"), backend="torch", device="cpu", n_gpu_layers=ngl)
+    assert split.net.n_gpu_layers == min(ngl, 2)
+    a = whole.net.forward(TOKENS, whole.new_cache(64), all_logits=True)
+    cache = split.new_cache(64)
+    b = np.concatenate([split.net.forward(TOKENS[:20], cache, all_logits=True),
+                        *[split.net.forward([t], cache) for t in TOKENS[20:]]])  # fmt: skip
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
+def test_cli_flags(capsys) -> None:
+    from llamette import cli
+
+    args = ["run", "-m", str(tiny_path("Q8_0")), "-p", "hi", "-n", "3", "--temp", "0", "-ngl", "1", "--device", "cpu"]
+    assert cli.main(args) == 0 and "generated: 3 tokens" in capsys.readouterr().err
+    assert cli.main(["run", "-p", "x", "-n", "1", "-ngl", "2", "--backend", "cpu"]) == 1
+    assert "need the torch backend" in capsys.readouterr().err
+
+
+@cuda
+def test_gpu_partial_offload_equals_full(smollm2_path) -> None:
+    full = load(smollm2_path, backend="torch")
+    half = load(smollm2_path, backend="torch", n_gpu_layers=full.config.n_layers // 2)
+    ids = SMOLLM2_REFERENCE["greedy"][0]["prompt_ids"]
+    a = full.net.forward(ids, full.new_cache(64))[0]
+    b = half.net.forward(ids, half.new_cache(64))[0]
+    assert int(np.argmax(a)) == int(np.argmax(b)) and np.abs(a - b).max() < 0.05 * np.abs(a).max()

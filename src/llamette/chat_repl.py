@@ -41,7 +41,7 @@ class _Interrupt:
 
 def run_chat(args: argparse.Namespace) -> int:
     from llamette.api import chat_tokens
-    from llamette.cli import _context_size, _flash_attn, _log, make_sampler
+    from llamette.cli import _backend_args, _context_size, _flash_attn, _log, make_sampler
     from llamette.generation import GenerationStats, stream_text
     from llamette.loader import load
     from llamette.tokenizer.chat import template_for
@@ -49,7 +49,7 @@ def run_chat(args: argparse.Namespace) -> int:
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     t0 = time.perf_counter()
-    model = load(args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=False))
+    model = load(args.model, **_backend_args(args), flash_attn=_flash_attn(args, default=False))
     n_ctx = _context_size(args.ctx_size, model.config.n_ctx_train)
     tok = model.tokenizer
     bos = tok.token_to_piece(tok.bos).decode("utf-8", "replace") if tok.bos is not None else ""

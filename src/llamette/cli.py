@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     prompt = _read_prompt(args)
     t0 = time.perf_counter()
-    model = load(args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=False))
+    model = load(args.model, **_backend_args(args), flash_attn=_flash_attn(args, default=False))
     n_ctx = _context_size(args.ctx_size, model.config.n_ctx_train)
     _log(
         f"loaded {model.path.name} ({model.config.name or model.config.arch}) in "
@@ -99,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.api_key is not None and not args.api_key.strip():
         raise LlametteError("--api-key is empty")
     model = load(
-        args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=False),
+        args.model, **_backend_args(args), flash_attn=_flash_attn(args, default=False),
         batch_layout=args.batch_layout,
     )  # fmt: skip
     total = _context_size(args.ctx_size, model.config.n_ctx_train)
@@ -262,9 +262,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
             raise LlametteError(
                 f"{base}: no such file (make it with --kl-divergence-base FILE -f TEXT on the base model)"
             )
-        model = load(
-            args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=True)
-        )
+        model = load(args.model, **_backend_args(args), flash_attn=_flash_attn(args, default=True))
 
         def kld_progress(i: int, n: int, mean_kld: float) -> None:
             _log(f"kl-divergence: chunk {i + 1}/{n}, mean KLD so far {mean_kld:.6f}")
@@ -279,7 +277,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise LlametteError(f"{path}: cannot read: {e.strerror or e}") from None
-    model = load(args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=True))
+    model = load(args.model, **_backend_args(args), flash_attn=_flash_attn(args, default=True))
     n_ctx = args.ctx_size or model.config.n_ctx_train
     t0 = time.perf_counter()
     tokens = model.tokenizer.encode(text, add_special=True, parse_special=False)
@@ -309,7 +307,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from llamette.bench import format_markdown, model_summary, run_bench
     from llamette.loader import load
 
-    model = load(args.model, backend=args.backend, n_threads=args.threads, flash_attn=_flash_attn(args, default=True))
+    model = load(args.model, **_backend_args(args), flash_attn=_flash_attn(args, default=True))
     summary = model_summary(model)
     _log(
         f"bench: {summary['model']}, {summary['backend']} backend, {summary['n_threads']} threads; "
@@ -337,13 +335,28 @@ def cmd_info(args: argparse.Namespace) -> int:
 # -- helpers -------------------------------------------------------------------------------------------
 
 
+def _backend_args(args: argparse.Namespace) -> dict:
+    """backend, threads, and for the torch backend its device and -ngl (which select it when given)."""
+    ngl = getattr(args, "n_gpu_layers", None)
+    device = getattr(args, "device", None)
+    backend = args.backend
+    if backend is None and (ngl is not None or device is not None):
+        backend = "torch"
+    if backend != "torch" and (ngl is not None or device is not None):
+        raise LlametteError("--device and -ngl need the torch backend (--backend torch, pip install 'llamette[gpu]')")
+    out = {"backend": backend, "n_threads": args.threads}
+    if backend == "torch":
+        out.update(device=device, n_gpu_layers=ngl)
+    return out
+
+
 def _flash_attn(args: argparse.Namespace, default: bool) -> bool:
     """-fa auto resolves like the llama.cpp program each command mirrors: on for perplexity and bench (as
     llama-perplexity and llama-bench on a CPU), off for run (as llama-cpp-python, which made the reference
     outputs). The two give the same text up to rounding; see docs/numerics.md."""
     if args.flash_attn == "auto":
         return default
-    if args.backend == "ref" and args.flash_attn == "on":
+    if args.backend in ("ref", "torch") and args.flash_attn == "on":
         raise LlametteError("-fa on needs the native backend (the numpy reference computes attention exactly)")
     return args.flash_attn == "on"
 
@@ -517,6 +530,21 @@ def _build_parser() -> argparse.ArgumentParser:
             default=None,
             help="cpu: native kernels (default); ref: the numpy reference forward pass (slow, exact math); "
             "torch: PyTorch + Triton on a CUDA GPU (llamette[gpu])",
+        )
+        sp.add_argument(
+            "--device",
+            choices=("cuda", "cpu"),
+            default=None,
+            help="torch backend: where the offloaded layers run (default: cuda when there is a GPU)",
+        )
+        sp.add_argument(
+            "-ngl",
+            "--n-gpu-layers",
+            type=int,
+            default=None,
+            metavar="N",
+            help="torch backend: the last N layers on the GPU, the rest on the CPU (default: all; "
+            "more than the layers also offloads the output)",
         )
         sp.add_argument(
             "-fa",

@@ -58,6 +58,8 @@ def load(
     n_threads: int | None = None,
     flash_attn: bool = False,
     batch_layout: bool = False,
+    device: str | None = None,
+    n_gpu_layers: int | None = None,
 ) -> Model:
     """Load a GGUF model (the default model when path is None).
 
@@ -84,7 +86,7 @@ def load(
     if backend == "torch":
         from llamette.kernels.torch_backend import TorchLlama
 
-        net = TorchLlama(config, gguf)
+        net = TorchLlama(config, gguf, device=device, n_gpu_layers=n_gpu_layers)
     elif backend == "cpu":
         net = cpu.NativeLlama(config, gguf, n_threads, flash_attn=flash_attn, batch_layout=batch_layout)
     else:

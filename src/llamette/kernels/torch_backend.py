@@ -61,34 +61,36 @@ class QWeight:
 
 
 class TorchKVCache:
-    """K and V for one sequence on the device: (n_layers, n_kv_heads, capacity, head_dim), grown on demand."""
+    """K and V for one sequence, each layer's on that layer's device: k[i], v[i] (n_kv_heads, capacity,
+    head_dim), grown on demand."""
 
-    def __init__(self, cfg: ModelConfig, n_ctx: int, device, dtype) -> None:
-        self.cfg, self.n_ctx, self.device, self.dtype = cfg, n_ctx, device, dtype
+    def __init__(self, cfg: ModelConfig, n_ctx: int, devices: list, dtypes: list) -> None:
+        self.cfg, self.n_ctx, self.devices, self.dtypes = cfg, n_ctx, devices, dtypes
         self.seq_len = 0
         self.tokens: list[int] = []
-        self.k = self.v = None
+        self.k: list = []
+        self.v: list = []
         self._alloc(0)
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[1]
 
     @property
     def nbytes(self) -> int:
-        return self.k.element_size() * self.k.nelement() * 2
+        return sum(a.element_size() * a.nelement() for a in [*self.k, *self.v])
 
     def _alloc(self, capacity: int) -> None:
         torch = _torch()
         c = self.cfg
-        shape = (c.n_layers, c.n_kv_heads, capacity, c.head_dim)
-        k, v = (
-            torch.zeros(shape, dtype=self.dtype, device=self.device),
-            torch.zeros(shape, dtype=self.dtype, device=self.device),
-        )
-        if self.k is not None:
-            k[:, :, : self.seq_len] = self.k[:, :, : self.seq_len]
-            v[:, :, : self.seq_len] = self.v[:, :, : self.seq_len]
+        shape = (c.n_kv_heads, capacity, c.head_dim)
+        keep = self.seq_len
+        k = [torch.zeros(shape, dtype=t, device=d) for d, t in zip(self.devices, self.dtypes, strict=True)]
+        v = [torch.zeros(shape, dtype=t, device=d) for d, t in zip(self.devices, self.dtypes, strict=True)]
+        for new, old in zip(k, self.k, strict=False):
+            new[:, :keep] = old[:, :keep]
+        for new, old in zip(v, self.v, strict=False):
+            new[:, :keep] = old[:, :keep]
         self.k, self.v = k, v
 
     def reserve(self, n: int) -> int:
@@ -109,7 +111,12 @@ class TorchKVCache:
 class TorchLlama:
     """forward(tokens, cache, all_logits) -> numpy logits, like the other backends."""
 
-    def __init__(self, cfg: ModelConfig, gguf: GGUFFile, device: str | None = None) -> None:
+    def __init__(
+        self, cfg: ModelConfig, gguf: GGUFFile, device: str | None = None, n_gpu_layers: int | None = None
+    ) -> None:
+        """device: where offloaded layers run (default: cuda when available, else cpu). n_gpu_layers: the last N
+        layers there, the others (and the embedding lookup) on the CPU; None or more than the layers: all,
+        with the output layer; as llama.cpp's -ngl."""
         torch = _torch()
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -117,45 +124,53 @@ class TorchLlama:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise LlametteError("--device cuda: no CUDA device is available")
         self.cfg = cfg
+        n_off = cfg.n_layers + 1 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
+        cpu = torch.device("cpu")
+        self.layer_devices = [self.device if i >= cfg.n_layers - n_off else cpu for i in range(cfg.n_layers)]
+        self.out_device = self.device if n_off > cfg.n_layers else cpu
+        self.n_gpu_layers = min(n_off, cfg.n_layers)
         self.kv_dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         present = {spec.name for spec in check_tensors(gguf, cfg)}
 
-        def floats(name: str):
+        def floats(name: str, dev):
             from llamette.quant import dequantize
 
             arr = dequantize(gguf.tensor_bytes(name).reshape(-1), gguf.tensors[name].type).astype(np.float32)
-            return torch.from_numpy(arr).to(self.device)
+            return torch.from_numpy(arr).to(dev)
 
-        def matrix(name: str) -> QWeight:
+        def matrix(name: str, dev) -> QWeight:
             info = gguf.tensors[name]
-            return QWeight(gguf.tensor_bytes(name), info.type, info.shape[0], info.shape[1], self.device)
+            return QWeight(gguf.tensor_bytes(name), info.type, info.shape[0], info.shape[1], dev)
 
-        self.token_embd = matrix("token_embd.weight")
-        self.output = matrix("output.weight") if "output.weight" in present else self.token_embd
-        self.output_norm = floats("output_norm.weight")
-        self.rope_freqs = floats("rope_freqs.weight") if "rope_freqs.weight" in present else None
+        out_name = "output.weight" if "output.weight" in present else "token_embd.weight"
+        self.output = matrix(out_name, self.out_device)
+        self.output_norm = floats("output_norm.weight", self.out_device)
+        self.rope_freqs = floats("rope_freqs.weight", cpu) if "rope_freqs.weight" in present else None
         self.layers = []
-        for i in range(cfg.n_layers):
+        for i, dev in enumerate(self.layer_devices):
             p = f"blk.{i}."
-            layer = {n: matrix(f"{p}{n}.weight") for n in
+            layer = {n: matrix(f"{p}{n}.weight", dev) for n in
                      ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}  # fmt: skip
-            layer["attn_norm"], layer["ffn_norm"] = floats(p + "attn_norm.weight"), floats(p + "ffn_norm.weight")
+            layer["attn_norm"] = floats(p + "attn_norm.weight", dev)
+            layer["ffn_norm"] = floats(p + "ffn_norm.weight", dev)
             for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
                 if f"{p}{n}.bias" in present:
-                    layer[n + ".bias"] = floats(f"{p}{n}.bias")
+                    layer[n + ".bias"] = floats(f"{p}{n}.bias", dev)
             self.layers.append(layer)
         self._embd_rows = gguf.tensor_bytes("token_embd.weight")  # rows dequantized on lookup
         self._embd_type = gguf.tensors["token_embd.weight"].type
 
     def new_cache(self, n_ctx: int) -> TorchKVCache:
-        return TorchKVCache(self.cfg, n_ctx, self.device, self.kv_dtype)
+        torch = _torch()
+        dtypes = [self.kv_dtype if d.type == "cuda" else torch.float32 for d in self.layer_devices]
+        return TorchKVCache(self.cfg, n_ctx, self.layer_devices, dtypes)
 
     def _embed(self, tokens: np.ndarray):
         from llamette.quant import dequantize
 
         torch = _torch()
         rows = dequantize(np.ascontiguousarray(self._embd_rows[tokens]).reshape(-1), self._embd_type)
-        return torch.from_numpy(rows.reshape(len(tokens), -1).astype(np.float32)).to(self.device)
+        return torch.from_numpy(rows.reshape(len(tokens), -1).astype(np.float32)).to(self.layer_devices[0])
 
     def _rms(self, x, w):
         torch = _torch()
@@ -167,10 +182,10 @@ class TorchLlama:
         torch = _torch()
         cfg = self.cfg
         n = cfg.rope_dims
-        inv = cfg.rope_base ** (-torch.arange(0, n, 2, dtype=torch.float64, device=self.device) / n)
+        inv = cfg.rope_base ** (-torch.arange(0, n, 2, dtype=torch.float64, device=x.device) / n)
         if self.rope_freqs is not None:
-            inv = inv / self.rope_freqs.double()
-        theta = (positions.double() * cfg.rope_freq_scale)[:, None] * inv  # (T, n/2)
+            inv = inv / self.rope_freqs.to(x.device).double()
+        theta = (positions.to(x.device).double() * cfg.rope_freq_scale)[:, None] * inv  # (T, n/2)
         cos, sin = torch.cos(theta).float()[:, None, :], torch.sin(theta).float()[:, None, :]
         x0, x1 = x[..., 0:n:2], x[..., 1:n:2]
         out = x.clone()
@@ -187,23 +202,25 @@ class TorchLlama:
             raise LlametteError(f"token id out of range (the model has {self.cfg.n_vocab} tokens)")
         cfg, t = self.cfg, len(toks)
         start = cache.reserve(t)
-        positions = torch.arange(start, start + t, device=self.device)
         with torch.no_grad():
             x = self._embed(toks)  # (T, dim)
             for i, L in enumerate(self.layers):
+                dev = self.layer_devices[i]
+                x = x.to(dev)  # crossing from the CPU layers to the offloaded ones (-ngl)
+                positions = torch.arange(start, start + t, device=dev)
                 h = self._rms(x, L["attn_norm"])
                 q = self._lin(L, "attn_q", h).view(t, cfg.n_heads, cfg.head_dim)
                 k = self._lin(L, "attn_k", h).view(t, cfg.n_kv_heads, cfg.head_dim)
                 v = self._lin(L, "attn_v", h).view(t, cfg.n_kv_heads, cfg.head_dim)
                 q, k = self._rope(q, positions), self._rope(k, positions)
-                cache.k[i, :, start : start + t] = k.transpose(0, 1).to(cache.dtype)
-                cache.v[i, :, start : start + t] = v.transpose(0, 1).to(cache.dtype)
-                keys = cache.k[i, :, : start + t].float()  # (H_kv, S, D)
-                vals = cache.v[i, :, : start + t].float()
+                cache.k[i][:, start : start + t] = k.transpose(0, 1).to(cache.k[i].dtype)
+                cache.v[i][:, start : start + t] = v.transpose(0, 1).to(cache.v[i].dtype)
+                keys = cache.k[i][:, : start + t].float()  # (H_kv, S, D)
+                vals = cache.v[i][:, : start + t].float()
                 rep = cfg.n_heads // cfg.n_kv_heads
                 keys, vals = keys.repeat_interleave(rep, 0), vals.repeat_interleave(rep, 0)  # (H, S, D)
                 s = start + t
-                mask = torch.arange(s, device=self.device)[None, :] <= positions[:, None]  # (T, S)
+                mask = torch.arange(s, device=dev)[None, :] <= positions[:, None]  # (T, S)
                 a = torch.nn.functional.scaled_dot_product_attention(
                     q.transpose(0, 1), keys, vals, attn_mask=mask[None]
                 )  # (H, T, D)
@@ -213,6 +230,7 @@ class TorchLlama:
                 x = x + self._lin(L, "ffn_down", g * self._lin(L, "ffn_up", h))
             if not all_logits:
                 x = x[-1:]
+            x = x.to(self.out_device)
             logits = self.output.matmul(self._rms(x, self.output_norm))
         cache.seq_len = start + t
         return logits.float().cpu().numpy()

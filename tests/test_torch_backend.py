@@ -87,3 +87,25 @@ def test_gpu_partial_offload_equals_full(smollm2_path) -> None:
     a = full.net.forward(ids, full.new_cache(64))[0]
     b = half.net.forward(ids, half.new_cache(64))[0]
     assert int(np.argmax(a)) == int(np.argmax(b)) and np.abs(a - b).max() < 0.05 * np.abs(a).max()
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K"])  # the interpreter is slow: one type here, every type's kernels
+def test_gpu_path_under_the_triton_interpreter(qtype: str) -> None:  # are in test_triton_kernels.py
+    """The GPU path (weights in GGUF blocks, Triton matvec for decode, Triton dequantization + matmul for a
+    prompt batch) run on the CPU under TRITON_INTERPRET=1: the reference's logits."""
+    pytest.importorskip("triton")
+    from llamette.kernels import triton_kernels
+    from llamette.kernels.torch_backend import TorchLlama
+    from llamette.loader import open_model_file
+
+    if not triton_kernels.interpreting():
+        pytest.skip("a GPU is present: the GPU tests run this path for real")
+    gguf, cfg = open_model_file(tiny_path(qtype))
+    net = TorchLlama(cfg, gguf, device="cpu", blocks=True)
+    assert net.layers[0]["attn_q"].blocks is not None
+    ref = load(tiny_path(qtype), backend="ref")
+    prompt = TOKENS[:9]  # more than 8 columns: dequantize + matmul; then single-token decode: matvec
+    b = ref.net.forward(TOKENS[:10], ref.new_cache(32), all_logits=True)
+    cache = net.new_cache(32)
+    a = np.concatenate([net.forward(prompt, cache, all_logits=True), net.forward(TOKENS[9:10], cache)])
+    assert np.abs(a - b).max() <= 2e-3 * np.abs(b).max()  # fp16 tiles for the prompt batch

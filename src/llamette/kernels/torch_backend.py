@@ -35,10 +35,12 @@ def _torch():
 class QWeight:
     """A weight matrix (rows, K) in its GGUF type: raw blocks on the device, or dequantized on the CPU."""
 
-    def __init__(self, raw: np.ndarray, wtype: int, rows: int, k: int, device) -> None:
+    def __init__(self, raw: np.ndarray, wtype: int, rows: int, k: int, device, blocks: bool | None = None) -> None:
+        """blocks: keep the GGUF blocks and use the Triton kernels (default: on CUDA only; on the CPU that needs
+        TRITON_INTERPRET=1 and is for testing the GPU path)."""
         torch = _torch()
         self.wtype, self.rows, self.k, self.device = int(wtype), rows, k, device
-        if device.type == "cuda":
+        if blocks if blocks is not None else device.type == "cuda":
             self.blocks = torch.from_numpy(np.ascontiguousarray(raw)).to(device)  # (rows, row_bytes) uint8
             self.dense = None
         else:
@@ -112,7 +114,12 @@ class TorchLlama:
     """forward(tokens, cache, all_logits) -> numpy logits, like the other backends."""
 
     def __init__(
-        self, cfg: ModelConfig, gguf: GGUFFile, device: str | None = None, n_gpu_layers: int | None = None
+        self,
+        cfg: ModelConfig,
+        gguf: GGUFFile,
+        device: str | None = None,
+        n_gpu_layers: int | None = None,
+        blocks: bool | None = None,
     ) -> None:
         """device: where offloaded layers run (default: cuda when available, else cpu). n_gpu_layers: the last N
         layers there, the others (and the embedding lookup) on the CPU; None or more than the layers: all,
@@ -124,6 +131,7 @@ class TorchLlama:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise LlametteError("--device cuda: no CUDA device is available")
         self.cfg = cfg
+        self.blocks = blocks
         n_off = cfg.n_layers + 1 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
         cpu = torch.device("cpu")
         self.layer_devices = [self.device if i >= cfg.n_layers - n_off else cpu for i in range(cfg.n_layers)]
@@ -140,7 +148,8 @@ class TorchLlama:
 
         def matrix(name: str, dev) -> QWeight:
             info = gguf.tensors[name]
-            return QWeight(gguf.tensor_bytes(name), info.type, info.shape[0], info.shape[1], dev)
+            on = self.blocks if dev == self.device else None  # (CPU-side -ngl layers stay dense)
+            return QWeight(gguf.tensor_bytes(name), info.type, info.shape[0], info.shape[1], dev, blocks=on)
 
         out_name = "output.weight" if "output.weight" in present else "token_embd.weight"
         self.output = matrix(out_name, self.out_device)

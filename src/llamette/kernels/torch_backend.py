@@ -41,7 +41,8 @@ class QWeight:
         torch = _torch()
         self.wtype, self.rows, self.k, self.device = int(wtype), rows, k, device
         if blocks if blocks is not None else device.type == "cuda":
-            self.blocks = torch.from_numpy(np.ascontiguousarray(raw)).to(device)  # (rows, row_bytes) uint8
+            # (rows, row_bytes) uint8; copied, since the file's pages are mapped read-only
+            self.blocks = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True)).to(device)
             self.dense = None
         else:
             from llamette.quant import dequantize

@@ -109,3 +109,16 @@ def test_gpu_path_under_the_triton_interpreter(qtype: str) -> None:  # are in te
     cache = net.new_cache(32)
     a = np.concatenate([net.forward(prompt, cache, all_logits=True), net.forward(TOKENS[9:10], cache)])
     assert np.abs(a - b).max() <= 2e-3 * np.abs(b).max()  # fp16 tiles for the prompt batch
+
+
+def test_decode_batch_for_the_server() -> None:
+    model = load(tiny_path("Q8_0"), backend="torch", device="cpu")
+    caches = [model.new_cache(32) for _ in range(3)]
+    alone = []
+    for i, c in enumerate(caches):
+        model.net.forward(TOKENS[i : i + 4], c)
+        solo = model.new_cache(32)
+        model.net.forward(TOKENS[i : i + 4], solo)
+        alone.append(model.net.forward([TOKENS[10 + i]], solo)[0])
+    out = model.net.decode_batch([TOKENS[10 + i] for i in range(3)], caches)
+    np.testing.assert_array_equal(out, np.array(alone))

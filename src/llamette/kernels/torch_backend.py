@@ -245,6 +245,10 @@ class TorchLlama:
         cache.seq_len = start + t
         return logits.float().cpu().numpy()
 
+    def decode_batch(self, tokens: Sequence[int], caches: list[TorchKVCache]) -> np.ndarray:
+        """One decode step for several sequences (the server's engine): one after another for now."""
+        return np.concatenate([self.forward([t], c) for t, c in zip(tokens, caches, strict=True)])
+
     def _lin(self, layer: dict, name: str, x):
         y = layer[name].matmul(x)
         bias = layer.get(name + ".bias")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llamette.gguf.constants import GGUFValueType
+from llamette.gguf.constants import GGML_BLOCK_SIZES, GGMLType, GGUFValueType
 from llamette.gguf.reader import GGUFFile
 
 # without an NVIDIA GPU the Triton kernels run under Triton's interpreter (it must be chosen before triton loads)
@@ -184,3 +184,31 @@ def rewrite_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return dst
+
+
+# -- random weights for kernel tests ---------------------------------------------------------------------
+
+# byte offsets of each block's half-float scale fields: random bytes there could be inf/nan
+_T = GGMLType
+SCALE_FIELDS = {
+    _T.Q4_0: [0], _T.Q4_1: [0, 2], _T.Q5_0: [0], _T.Q5_1: [0, 2], _T.Q8_0: [0], _T.IQ4_NL: [0],
+    _T.Q2_K: [80, 82], _T.Q3_K: [108], _T.Q4_K: [0, 2], _T.Q5_K: [0, 2], _T.Q6_K: [208], _T.IQ4_XS: [0],
+}  # fmt: skip
+
+
+def random_weights(t: GGMLType, rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(rows, bytes per row) of a valid tensor: random bits with finite, moderate block scales."""
+    if t == GGMLType.F32:
+        return rng.standard_normal((rows, k)).astype(np.float32).view(np.uint8)
+    if t == GGMLType.F16:
+        return rng.standard_normal((rows, k)).astype(np.float16).view(np.uint8)
+    if t == GGMLType.BF16:
+        bits = rng.standard_normal((rows, k)).astype(np.float32).view(np.uint32) >> 16
+        return bits.astype(np.uint16).view(np.uint8)
+    qk, bb = GGML_BLOCK_SIZES[t]
+    nb = k // qk
+    w = rng.integers(0, 256, (rows, nb, bb), dtype=np.uint8)
+    for i, off in enumerate(SCALE_FIELDS[t]):
+        d = rng.uniform(0.002, 0.05, (rows, nb)) * (1 if i else rng.choice([-1, 1], (rows, nb)))
+        w[:, :, off : off + 2] = d.astype(np.float16).view(np.uint8).reshape(rows, nb, 2)
+    return w.reshape(rows, nb * bb)

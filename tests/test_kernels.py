@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import random_weights
 
 from llamette.errors import LlametteError
 from llamette.gguf.constants import GGML_BLOCK_SIZES, GGMLType
@@ -22,11 +23,6 @@ WEIGHT_TYPES = [
     T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1,
     T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS,
 ]  # fmt: skip
-# byte offsets of each block's half-float scale fields: random bytes there could be inf/nan
-SCALE_FIELDS = {
-    T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0], T.IQ4_NL: [0],
-    T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208], T.IQ4_XS: [0],
-}  # fmt: skip
 ACT_KIND = {T.F32: "f32", T.F16: "f16", T.BF16: "bf16", T.Q4_1: "q8_1", T.Q5_1: "q8_1"}
 for _t in (T.Q4_0, T.Q5_0, T.Q8_0, T.IQ4_NL):
     ACT_KIND[_t] = "q8_0"
@@ -36,24 +32,6 @@ for _t in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS):
 
 def block_elems(t: GGMLType) -> int:
     return GGML_BLOCK_SIZES[t][0] if t not in (T.F32, T.F16, T.BF16) else 32
-
-
-def random_weights(t: GGMLType, rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """(rows, bytes per row) of a valid tensor: random bits with finite, moderate block scales."""
-    if t == T.F32:
-        return rng.standard_normal((rows, k)).astype(np.float32).view(np.uint8)
-    if t == T.F16:
-        return rng.standard_normal((rows, k)).astype(np.float16).view(np.uint8)
-    if t == T.BF16:
-        bits = rng.standard_normal((rows, k)).astype(np.float32).view(np.uint32) >> 16
-        return bits.astype(np.uint16).view(np.uint8)
-    qk, bb = GGML_BLOCK_SIZES[t]
-    nb = k // qk
-    w = rng.integers(0, 256, (rows, nb, bb), dtype=np.uint8)
-    for i, off in enumerate(SCALE_FIELDS[t]):
-        d = rng.uniform(0.002, 0.05, (rows, nb)) * (1 if i else rng.choice([-1, 1], (rows, nb)))
-        w[:, :, off : off + 2] = d.astype(np.float16).view(np.uint8).reshape(rows, nb, 2)
-    return w.reshape(rows, nb * bb)
 
 
 def decode_activations(t: GGMLType, act: np.ndarray, k: int) -> np.ndarray:

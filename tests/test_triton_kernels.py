@@ -19,6 +19,8 @@ import pytest  # noqa: E402
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
+from conftest import random_weights  # noqa: E402
+
 from llamette.errors import LlametteError  # noqa: E402
 from llamette.gguf.constants import GGML_BLOCK_SIZES, GGMLType  # noqa: E402
 from llamette.kernels import triton_kernels as tk  # noqa: E402
@@ -29,11 +31,6 @@ TYPES = [
     T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1,
     T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS,
 ]  # fmt: skip
-# byte offsets of each block's half-float scale fields (random bytes there could be inf/nan)
-SCALE_FIELDS = {
-    T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0], T.IQ4_NL: [0],
-    T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208], T.IQ4_XS: [0],
-}  # fmt: skip
 DEVICE = "cuda" if torch.cuda.is_available() and not tk.interpreting() else "cpu"
 
 pytestmark = pytest.mark.skipif(
@@ -44,24 +41,6 @@ pytestmark = pytest.mark.skipif(
 def block_elems(t: GGMLType) -> int:
     """A test 'block' of K: the format's block, 24 elements for the float types (not a power of two)."""
     return 24 if t in (T.F32, T.F16, T.BF16) else GGML_BLOCK_SIZES[t][0]
-
-
-def random_weights(t: GGMLType, rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """(rows, bytes per row) of a valid tensor: random bits with finite, moderate block scales."""
-    if t == T.F32:
-        return rng.standard_normal((rows, k)).astype(np.float32).view(np.uint8)
-    if t == T.F16:
-        return rng.standard_normal((rows, k)).astype(np.float16).view(np.uint8)
-    if t == T.BF16:
-        bits = rng.standard_normal((rows, k)).astype(np.float32).view(np.uint32) >> 16
-        return bits.astype(np.uint16).view(np.uint8)
-    qk, bb = GGML_BLOCK_SIZES[t]
-    nb = k // qk
-    w = rng.integers(0, 256, (rows, nb, bb), dtype=np.uint8)
-    for i, off in enumerate(SCALE_FIELDS[t]):
-        d = rng.uniform(0.002, 0.05, (rows, nb)) * (1 if i else rng.choice([-1, 1], (rows, nb)))
-        w[:, :, off : off + 2] = d.astype(np.float16).view(np.uint8).reshape(rows, nb, 2)
-    return w.reshape(rows, nb * bb)
 
 
 def case(t: GGMLType, rows: int, blocks: int, seed: int = 0):

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from llamette.errors import LlametteError
-from llamette.generation import GenerationStats, TextStream, common_prefix, reuse_point
-from llamette.sampling import RANDOM_SEED, Sampler, SamplingParams
+from llamette.generation import TextStream, reuse_point
+from llamette.sampling import RANDOM_SEED, Sampler, SamplingParams, token_logprobs
 from llamette.tokenizer import StreamDecoder
-from llamette.tokenizer.chat import ChatTemplate, template_for
+from llamette.tokenizer.chat import ChatTemplate, model_template
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"
 CHAT_FORMAT_ALIASES = {"llama-2": "llama2", "llama-3": "llama3", "mistral-instruct": "mistral"}
@@ -77,12 +77,10 @@ class Llama:
         self._scores = np.zeros((0, self.n_vocab()), np.float32)
         self.tokenizer_ = self.model.tokenizer
         self.chat_format = chat_format
-        tok = self.model.tokenizer
-        bos = tok.token_to_piece(tok.bos).decode("utf-8", "replace") if tok.bos is not None else ""
-        eos = tok.token_to_piece(tok.eos).decode("utf-8", "replace") if tok.eos is not None else ""
-        self._chat_template = template_for(
-            self.model.gguf.metadata, CHAT_FORMAT_ALIASES.get(chat_format, chat_format), chat_template_file, bos, eos
-        )
+        self._chat_template = model_template(
+            self.model.gguf.metadata, self.model.tokenizer, CHAT_FORMAT_ALIASES.get(chat_format, chat_format),
+            chat_template_file,
+        )  # fmt: skip
         if verbose:
             ignored = f"; ignored options: {', '.join(sorted(kwargs))}" if kwargs else ""
             print(
@@ -173,6 +171,14 @@ class Llama:
             self._cache.tokens.extend(batch)
             self._scores = np.concatenate([self._scores, logits]) if self.logits_all else logits[-1:].copy()
 
+    def _keep_prefix(self, tokens: list[int]) -> int:
+        """Keep what the cache holds of tokens' prefix (generation.reuse_point); returns how many are kept."""
+        keep = reuse_point(self._cache.tokens, tokens)
+        self._cache.truncate(keep)
+        if self.logits_all:
+            self._scores = self._scores[:keep]
+        return keep
+
     def _sampler(self, **settings: Any) -> Sampler:
         mirostat = settings.get("mirostat", 0)
         if mirostat and settings.get("temperature", 0.8) > 0:
@@ -238,11 +244,7 @@ class Llama:
         )  # fmt: skip
         tokens = [int(t) for t in tokens]
         if reset and self.n_tokens:
-            keep = min(common_prefix(self._cache.tokens, tokens), len(tokens) - 1)
-            if keep < self.n_tokens:
-                self._cache.truncate(keep)
-                self._scores = self._scores[:keep] if self.logits_all else self._scores
-            tokens = tokens[keep:]
+            tokens = tokens[self._keep_prefix(tokens) :]
         while True:
             self.eval(tokens)
             token = sampler(self._scores[-1])
@@ -326,16 +328,12 @@ class Llama:
         limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
         tok = self.model.tokenizer
         text = TextStream(StreamDecoder(tok), stops)
-        stats = GenerationStats(n_prompt=n_prompt)
         want_probs = logprobs is not None
         if echo and want_probs:  # needs the logits of every prompt token
             entries = self._prompt_logprobs(prompt_ids, logprobs)
         else:  # reuse what the cache holds of this prompt
             entries = []
-            keep = reuse_point(self._cache.tokens, prompt_ids)
-            self._cache.truncate(keep)
-            self._scores = self._scores[:keep] if self.logits_all else self._scores
-            self.eval(prompt_ids[keep:])
+            self.eval(prompt_ids[self._keep_prefix(prompt_ids) :])
         if echo:
             yield {"text": self.detokenize(prompt_ids).decode("utf-8", "replace"), "tokens": entries}
         pending: list = []
@@ -364,7 +362,6 @@ class Llama:
         tail = text.flush()
         if tail or pending:
             yield {"text": tail, "tokens": pending}
-        stats.n_generated = n_gen
         yield {"finish": finish, "prompt_tokens": n_prompt, "completion_tokens": n_gen}
 
     def _prompt_logprobs(self, prompt_ids: list[int], n: int | None) -> list:
@@ -512,6 +509,8 @@ class Llama:
     ):
         """Mean-pooled final hidden states (llama.cpp's pooling "mean"), L2-normalised when normalize.
         A string gives one vector (list of floats), a list of strings a list of vectors."""
+        from llamette.embedding import pooled_embedding
+
         single = isinstance(input, str)
         texts = [input] if single else list(input)
         vectors, total = [], 0
@@ -524,12 +523,7 @@ class Llama:
                 if not truncate:
                     raise ValueError(f"Requested tokens ({len(ids)}) exceed context window of {self._n_ctx}")
                 ids = ids[: self._n_ctx]
-            cache.clear()
-            batches = [ids[s : s + self.n_batch] for s in range(0, len(ids), self.n_batch)]
-            hidden = np.concatenate([self.model.net.forward(b, cache, hidden=True) for b in batches])  # (T, dim)
-            v = hidden.mean(axis=0, dtype=np.float64)
-            if normalize:
-                v = v / max(np.linalg.norm(v), 1e-12)
+            v = pooled_embedding(self.model, cache, ids, normalize, self.n_batch)
             vectors.append([float(x) for x in v])
             total += len(ids)
         result = vectors[0] if single else vectors
@@ -593,16 +587,9 @@ def _token_bias(bias: Mapping[int | str, float] | None) -> dict[int, float]:
 
 def _logprob_entry(tok, logits: np.ndarray, token: int, n: int | None) -> tuple[str, float, dict | None]:
     """(token text, its log-probability, the top n {text: logprob} plus the token itself)."""
-    x = logits.astype(np.float64)
-    logp = x - x.max()
-    logp -= np.log(np.exp(logp).sum())
-    piece = tok.token_to_piece(token).decode("utf-8", "replace")
-    top = None
-    if n:
-        best = np.argsort(-logp, kind="stable")[:n]
-        top = {tok.token_to_piece(int(i)).decode("utf-8", "replace"): float(logp[i]) for i in best}
-        top[piece] = float(logp[token])
-    return piece, float(logp[token]), top
+    lp = token_logprobs(tok, logits, token, n or 0)
+    top = {t["token"]: t["logprob"] for t in lp["top"]} | {lp["token"]: lp["logprob"]} if n else None
+    return lp["token"], lp["logprob"], top
 
 
 def _chat_logprobs(block: dict | None) -> dict | None:

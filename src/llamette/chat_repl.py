@@ -44,7 +44,7 @@ def run_chat(args: argparse.Namespace) -> int:
     from llamette.cli import _backend_args, _context_size, _flash_attn, _log, make_sampler
     from llamette.generation import GenerationStats, stream_text
     from llamette.loader import load
-    from llamette.tokenizer.chat import template_for
+    from llamette.tokenizer.chat import model_template
 
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
@@ -52,9 +52,7 @@ def run_chat(args: argparse.Namespace) -> int:
     model = load(args.model, **_backend_args(args), flash_attn=_flash_attn(args, default=False))
     n_ctx = _context_size(args.ctx_size, model.config.n_ctx_train)
     tok = model.tokenizer
-    bos = tok.token_to_piece(tok.bos).decode("utf-8", "replace") if tok.bos is not None else ""
-    eos = tok.token_to_piece(tok.eos).decode("utf-8", "replace") if tok.eos is not None else ""
-    template = template_for(model.gguf.metadata, args.chat_template, args.chat_template_file, bos, eos)
+    template = model_template(model.gguf.metadata, tok, args.chat_template, args.chat_template_file)
     sampler = make_sampler(args, model, n_ctx)
     cache = model.new_cache(n_ctx)
     system = args.system_prompt

@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llamette.engine import Engine
     from llamette.loader import load
     from llamette.server.app import create_app, run_server
-    from llamette.tokenizer.chat import template_for
+    from llamette.tokenizer.chat import model_template
 
     if args.api_key is not None and not args.api_key.strip():
         raise LlametteError("--api-key is empty")
@@ -106,10 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     per_slot = total // args.parallel
     if per_slot < 16:
         raise LlametteError(f"context {total} split over {args.parallel} slots leaves {per_slot} tokens each: raise -c")
-    tok = model.tokenizer
-    bos = tok.token_to_piece(tok.bos).decode("utf-8", "replace") if tok.bos is not None else ""
-    eos = tok.token_to_piece(tok.eos).decode("utf-8", "replace") if tok.eos is not None else ""
-    template = template_for(model.gguf.metadata, args.chat_template, args.chat_template_file, bos, eos)
+    template = model_template(model.gguf.metadata, model.tokenizer, args.chat_template, args.chat_template_file)
     alias = args.alias or model.path.stem
     engine = Engine(model, n_slots=args.parallel, n_ctx=per_slot).start()
     app = create_app(engine, template, alias, api_key=args.api_key, metrics=args.metrics)

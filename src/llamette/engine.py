@@ -28,7 +28,7 @@ import numpy as np
 from llamette.errors import ContextFullError, LlametteError
 from llamette.generation import TextStream, common_prefix, reuse_point
 from llamette.loader import Model
-from llamette.sampling import Sampler, SamplingParams
+from llamette.sampling import Sampler, SamplingParams, token_logprobs
 from llamette.tokenizer import StreamDecoder
 
 
@@ -209,7 +209,9 @@ class Engine:
         """Move waiting requests into free slots and evaluate their prompts, up to about prefill_chunk prompt
         tokens per step (so running streams wait at most about one chunk's time)."""
         self._deferred.extend(self._drain())
-        self._deferred = [r for r in self._deferred if not (r.aborted and self._dropped(r))]
+        for r in [r for r in self._deferred if r.aborted]:  # clients that left while waiting
+            r.emit({"type": "error", "message": "aborted", "status": 499})
+            self._deferred.remove(r)
         budget = self.prefill_chunk
         while self._deferred and budget > 0:
             free = [s for s in self.slots if not s.busy]
@@ -219,11 +221,6 @@ class Engine:
             slot = max(free, key=lambda s: (common_prefix(s.cache.tokens, request.prompt_ids), -s.last_used))
             self._start(slot, request)
             budget -= max(request.n_prompt, 1)
-
-    @staticmethod
-    def _dropped(request: Request) -> bool:
-        request.emit({"type": "error", "message": "aborted", "status": 499})
-        return True
 
     def _start(self, slot: Slot, request: Request) -> None:
         model = self.model
@@ -291,7 +288,7 @@ class Engine:
         slot.n_decoded_total += 1
         self.counters.generated_tokens += 1
         if request.n_probs:
-            slot.pending_probs.append(_token_logprobs(self.model.tokenizer, logits, token, request.n_probs))
+            slot.pending_probs.append(token_logprobs(self.model.tokenizer, logits, token, request.n_probs))
         delta = slot.text.push(token)
         if slot.text.stopped is not None:
             self._emit_delta(slot, delta)
@@ -364,22 +361,4 @@ def timings(request: Request) -> dict:
             "predicted_per_second": request.n_generated / gen_ms * 1e3 if gen_ms else 0.0,
             "ttft_ms": max(request.t_first - request.t_queued, 0.0) * 1e3,
         },
-    }
-
-
-def _token_logprobs(tok, logits: np.ndarray, token: int, n: int) -> dict:
-    x = logits.astype(np.float64)
-    logp = x - x.max()
-    logp -= np.log(np.exp(logp).sum())
-    best = np.argpartition(-logp, min(n, len(logp) - 1))[:n]
-    best = best[np.argsort(-logp[best], kind="stable")]
-
-    def piece(t: int) -> str:
-        return tok.token_to_piece(int(t)).decode("utf-8", "replace")
-
-    return {
-        "id": int(token),
-        "token": piece(token),
-        "logprob": float(logp[token]),
-        "top": [{"id": int(t), "token": piece(t), "logprob": float(logp[t])} for t in best],
     }

@@ -79,10 +79,11 @@ def pull(ref: str, offline: bool = False, progress: bool = True) -> Path:
             if not isinstance(path, str):
                 raise LlametteError(f"{repo}/{name}: not in the cache and --offline was given")
             return Path(path)
-        api = HfApi()
-        files = [f.path for f in api.list_repo_tree(repo, recursive=True) if getattr(f, "size", None) is not None]
-        name = pick_file(files, quant, repo)
-        expected = _lfs_sha256(api, repo, name)
+        entries = {
+            f.path: f for f in HfApi().list_repo_tree(repo, recursive=True) if getattr(f, "size", None) is not None
+        }
+        name = pick_file(list(entries), quant, repo)
+        expected = _lfs_sha256(entries[name])
         (enable_progress_bars if progress else disable_progress_bars)()
         path = Path(hf_hub_download(repo, name))
     except LlametteError:
@@ -103,14 +104,13 @@ def pull(ref: str, offline: bool = False, progress: bool = True) -> Path:
     return path
 
 
-def _lfs_sha256(api, repo: str, name: str) -> str | None:
-    """The hub's SHA-256 for an LFS file (the checksum to verify), None for plain git files."""
-    for info in api.get_paths_info(repo, [name]):
-        lfs = getattr(info, "lfs", None)
-        if lfs is not None:
-            sha = lfs.sha256 if hasattr(lfs, "sha256") else lfs.get("sha256")
-            return str(sha).lower() if sha else None
-    return None
+def _lfs_sha256(entry) -> str | None:
+    """The hub's SHA-256 for an LFS file of the repository tree (the checksum to verify), None for git files."""
+    lfs = getattr(entry, "lfs", None)
+    if lfs is None:
+        return None
+    sha = lfs.sha256 if hasattr(lfs, "sha256") else lfs.get("sha256")
+    return str(sha).lower() if sha else None
 
 
 def sha256_file(path: Path) -> str:
@@ -155,6 +155,7 @@ def list_cached() -> list[CachedModel]:
     """Every GGUF file in the hub cache, with its size and its type (general.file_type)."""
     from huggingface_hub import scan_cache_dir
 
+    from llamette.gguf.constants import LLAMA_FTYPE_NAMES
     from llamette.gguf.reader import GGUFFile
 
     try:
@@ -169,18 +170,10 @@ def list_cached() -> list[CachedModel]:
                     continue
                 try:
                     with GGUFFile(f.file_path) as g:
-                        kind = file_type_name(g.metadata.get("general.file_type"))
+                        ftype = g.metadata.get("general.file_type")
+                        kind = LLAMA_FTYPE_NAMES.get(ftype, "?" if ftype is None else f"type {ftype}")
                 except LlametteError:
                     kind = "unreadable"
                 rel = str(f.file_path.relative_to(rev.snapshot_path))
                 out.append(CachedModel(r.repo_id, rel, f.size_on_disk, kind, f.file_path))
     return sorted(out, key=lambda m: (m.repo, m.file))
-
-
-def file_type_name(ftype) -> str:
-    from llamette.quantizer import FTYPES
-
-    for f in FTYPES.values():
-        if f.id == ftype:
-            return f.name
-    return "?" if ftype is None else f"type {ftype}"

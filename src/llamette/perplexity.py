@@ -36,15 +36,8 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return log_z - x[np.arange(len(targets)), targets]
 
 
-def perplexity(
-    model: Model,
-    tokens: Sequence[int],
-    n_ctx: int,
-    n_chunks: int = -1,
-    on_chunk: Callable[[int, int, float], None] | None = None,
-) -> PerplexityResult:
-    """Perplexity over up to n_chunks chunks (-1: all); on_chunk(i, n_chunks, running_ppl) after each."""
-    tokens = np.asarray(tokens, dtype=np.int64)
+def chunk_count(tokens: np.ndarray, n_ctx: int, n_chunks: int) -> int:
+    """How many chunks perplexity evaluates (up to n_chunks, -1: all), after checking there are enough tokens."""
     if n_ctx < 4:
         raise LlametteError(f"context size {n_ctx} is too small for perplexity (use -c 128 or more)")
     if len(tokens) < 2 * n_ctx:
@@ -53,19 +46,40 @@ def perplexity(
             f"the text gives only {len(tokens)}"
         )
     n_chunk_max = len(tokens) // n_ctx
-    n_chunk = n_chunk_max if n_chunks < 0 else min(n_chunks, n_chunk_max)
-    first = n_ctx // 2
+    return n_chunk_max if n_chunks < 0 else min(n_chunks, n_chunk_max)
+
+
+def _chunks(model: Model, tokens: np.ndarray, n_ctx: int, n_chunk: int):
+    """(chunk index, logits (n_ctx, n_vocab), the tokens the scored rows predict) for each chunk."""
     bos = model.tokenizer.bos if model.tokenizer.add_bos else None
-    nll_sum = nll2_sum = 0.0
-    count = 0
-    running = []
+    first = n_ctx // 2
     for i in range(n_chunk):
         chunk = tokens[i * n_ctx : (i + 1) * n_ctx].copy()
         if bos is not None:
             chunk[0] = bos
-        logits = model.net.forward(chunk, model.new_cache(n_ctx), all_logits=True)  # (n_ctx, n_vocab)
-        # the logits at position j predict token j + 1 of the original text
-        nll = token_nll(logits[first : n_ctx - 1], tokens[i * n_ctx + first + 1 : (i + 1) * n_ctx])
+        logits = model.net.forward(chunk, model.new_cache(n_ctx), all_logits=True)
+        yield i, logits[first : n_ctx - 1], tokens[i * n_ctx + first + 1 : (i + 1) * n_ctx]
+
+
+def perplexity(
+    model: Model,
+    tokens: Sequence[int],
+    n_ctx: int,
+    n_chunks: int = -1,
+    on_chunk: Callable[[int, int, float], None] | None = None,
+    on_logits: Callable[[np.ndarray], None] | None = None,
+) -> PerplexityResult:
+    """Perplexity over up to n_chunks chunks (-1: all); on_chunk(i, n_chunks, running_ppl) after each;
+    on_logits(logits (scored rows, n_vocab)) gets each chunk's scored logits."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    n_chunk = chunk_count(tokens, n_ctx, n_chunks)
+    nll_sum = nll2_sum = 0.0
+    count = 0
+    running = []
+    for i, logits, targets in _chunks(model, tokens, n_ctx, n_chunk):
+        if on_logits is not None:
+            on_logits(logits)
+        nll = token_nll(logits, targets)
         nll_sum += float(nll.sum())
         nll2_sum += float((nll * nll).sum())
         count += len(nll)
@@ -163,18 +177,6 @@ class KLDResult:
         return "\n".join(lines) + "\n"
 
 
-def _chunks(model: Model, tokens: np.ndarray, n_ctx: int, n_chunk: int):
-    """(chunk index, logits (n_ctx, n_vocab), the tokens the scored rows predict) for each chunk."""
-    bos = model.tokenizer.bos if model.tokenizer.add_bos else None
-    first = n_ctx // 2
-    for i in range(n_chunk):
-        chunk = tokens[i * n_ctx : (i + 1) * n_ctx].copy()
-        if bos is not None:
-            chunk[0] = bos
-        logits = model.net.forward(chunk, model.new_cache(n_ctx), all_logits=True)
-        yield i, logits[first : n_ctx - 1], tokens[i * n_ctx + first + 1 : (i + 1) * n_ctx]
-
-
 def save_base_logits(
     model: Model,
     tokens: Sequence[int],
@@ -190,40 +192,22 @@ def save_base_logits(
     from pathlib import Path
 
     tokens = np.asarray(tokens, dtype=np.int64)
-    if len(tokens) < 2 * n_ctx:
-        raise LlametteError(
-            f"you need at least {2 * n_ctx} tokens for a context of {n_ctx}; the text gives {len(tokens)}"
-        )
-    n_chunk = len(tokens) // n_ctx if n_chunks < 0 else min(n_chunks, len(tokens) // n_ctx)
+    n_chunk = chunk_count(tokens, n_ctx, n_chunks)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or ".")
-    nll_sum = nll2_sum = 0.0
-    count, running = 0, []
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(LOGITS_MAGIC)
             f.write(np.array([n_ctx], np.uint32).tobytes())
             f.write(np.array([model.config.n_vocab, n_chunk], np.int32).tobytes())
             f.write(tokens[: n_chunk * n_ctx].astype(np.int32).tobytes())
-            for i, logits, targets in _chunks(model, tokens, n_ctx, n_chunk):
-                f.write(quantized_log_probs(logits).tobytes())
-                nll = token_nll(logits, targets)
-                nll_sum, nll2_sum, count = (
-                    nll_sum + float(nll.sum()),
-                    nll2_sum + float((nll * nll).sum()),
-                    count + len(nll),
-                )
-                running.append(math.exp(nll_sum / count))
-                if on_chunk is not None:
-                    on_chunk(i, n_chunk, running[-1])
+            result = perplexity(model, tokens, n_ctx, n_chunk, on_chunk,
+                                on_logits=lambda logits: f.write(quantized_log_probs(logits).tobytes()))  # fmt: skip
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    mean = nll_sum / count
-    var = nll2_sum / count - mean * mean
-    ppl = math.exp(mean)
-    return PerplexityResult(ppl, math.sqrt(max(var, 0) / (count - 1)) * ppl, n_ctx, n_chunk, count, running)
+    return result
 
 
 def read_base_header(path) -> tuple[int, int, int, np.ndarray, int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from llamette.errors import LlametteError
-from llamette.gguf.constants import GGML_BLOCK_SIZES, GGMLType, GGUFValueType
+from llamette.gguf.constants import GGML_BLOCK_SIZES, LLAMA_FTYPE_NAMES, GGMLType, GGUFValueType
 from llamette.gguf.reader import GGUFFile
 from llamette.gguf.writer import GGUFWriter, TensorSpec
 
@@ -35,14 +35,14 @@ class FType:
     default: GGMLType
 
 
-FTYPES = {f.name: f for f in [
-    FType("F32", 0, T.F32), FType("F16", 1, T.F16), FType("BF16", 32, T.BF16), FType("Q8_0", 7, T.Q8_0),
-    FType("Q4_0", 2, T.Q4_0), FType("Q4_1", 3, T.Q4_1), FType("Q5_0", 8, T.Q5_0), FType("Q5_1", 9, T.Q5_1),
-    FType("Q2_K", 10, T.Q2_K), FType("Q3_K_S", 11, T.Q3_K), FType("Q3_K_M", 12, T.Q3_K),
-    FType("Q3_K_L", 13, T.Q3_K), FType("Q4_K_S", 14, T.Q4_K), FType("Q4_K_M", 15, T.Q4_K),
-    FType("Q5_K_S", 16, T.Q5_K), FType("Q5_K_M", 17, T.Q5_K), FType("Q6_K", 18, T.Q6_K),
-    FType("IQ4_NL", 25, T.IQ4_NL), FType("IQ4_XS", 30, T.IQ4_XS),
-]}  # fmt: skip
+# the mixes quantize offers, with their default tensor type; ids from llama.cpp's llama_ftype table
+_MIX_DEFAULTS = {
+    "F32": T.F32, "F16": T.F16, "BF16": T.BF16, "Q8_0": T.Q8_0, "Q4_0": T.Q4_0, "Q4_1": T.Q4_1, "Q5_0": T.Q5_0,
+    "Q5_1": T.Q5_1, "Q2_K": T.Q2_K, "Q3_K_S": T.Q3_K, "Q3_K_M": T.Q3_K, "Q3_K_L": T.Q3_K, "Q4_K_S": T.Q4_K,
+    "Q4_K_M": T.Q4_K, "Q5_K_S": T.Q5_K, "Q5_K_M": T.Q5_K, "Q6_K": T.Q6_K, "IQ4_NL": T.IQ4_NL, "IQ4_XS": T.IQ4_XS,
+}  # fmt: skip
+_FTYPE_IDS = {name: i for i, name in LLAMA_FTYPE_NAMES.items()}
+FTYPES = {name: FType(name, _FTYPE_IDS[name], default) for name, default in _MIX_DEFAULTS.items()}
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}  # as llama-quantize
 TENSOR_TYPES = {t.name: t for t in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K,
                                     T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS)}  # fmt: skip

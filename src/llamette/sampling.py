@@ -484,3 +484,23 @@ class Sampler:
         for t in state["history"]:
             self.accept(int(t))
         self._mirostat.mu = np.float32(state["mu"])
+
+
+def token_logprobs(tok, logits: np.ndarray, token: int, n: int) -> dict:
+    """The chosen token's log-probability under the raw logits (n_vocab,), and the n most likely tokens':
+    {"id", "token" (its text), "logprob", "top": [{"id", "token", "logprob"}, ...]} (what logprobs report)."""
+    x = logits.astype(np.float64)
+    logp = x - x.max()
+    logp -= np.log(np.exp(logp).sum())
+    best = np.argpartition(-logp, min(n, len(logp) - 1))[:n]
+    best = best[np.argsort(-logp[best], kind="stable")]
+
+    def piece(t: int) -> str:
+        return tok.token_to_piece(int(t)).decode("utf-8", "replace")
+
+    return {
+        "id": int(token),
+        "token": piece(token),
+        "logprob": float(logp[token]),
+        "top": [{"id": int(t), "token": piece(t), "logprob": float(logp[t])} for t in best],
+    }

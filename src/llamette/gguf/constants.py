@@ -99,6 +99,14 @@ GGML_BLOCK_SIZES: dict[GGMLType, tuple[int, int]] = {
 }
 
 
+def type_name(t: object) -> str:
+    """A ggml type id's name for messages, also for ids that are not types."""
+    try:
+        return GGMLType(t).name
+    except (ValueError, TypeError):
+        return f"type {t!r}"
+
+
 def tensor_nbytes(qtype: GGMLType, n_elements: int) -> int:
     """Bytes a tensor of n_elements takes (n_elements must be a whole number of blocks)."""
     block_elems, block_bytes = GGML_BLOCK_SIZES[qtype]

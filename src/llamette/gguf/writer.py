@@ -19,6 +19,7 @@ import numpy as np
 
 from llamette.errors import GGUFError
 from llamette.gguf.constants import GGML_BLOCK_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLType, GGUFValueType
+from llamette.gguf.constants import tensor_nbytes as _elements_nbytes
 
 _SCALAR_FORMATS = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
@@ -49,11 +50,10 @@ class TensorSpec:
 
 
 def tensor_nbytes(qtype: GGMLType, shape: Sequence[int]) -> int:
-    block_elems, block_bytes = GGML_BLOCK_SIZES[GGMLType(qtype)]
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if shape and shape[-1] % block_elems:
+    """Bytes of a tensor of this shape, refusing rows that are not whole blocks."""
+    if shape and shape[-1] % GGML_BLOCK_SIZES[GGMLType(qtype)][0]:
         raise GGUFError(f"a row of {shape[-1]} values is not a whole number of {GGMLType(qtype).name} blocks")
-    return n // block_elems * block_bytes
+    return _elements_nbytes(GGMLType(qtype), int(np.prod(shape, dtype=np.int64)) if shape else 1)
 
 
 def _string(s: str) -> bytes:

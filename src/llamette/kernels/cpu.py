@@ -113,6 +113,7 @@ def library() -> ctypes.CDLL:
         "lm_vec_dot": (c_float, [c_int, c_int64, c_void_p, c_void_p]),
         "lm_matmul": (c_int, [c_void_p, c_int, c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p]),
         "lm_can_interleave": (c_int, [c_int]),
+        "lm_quantize_rows_mt": (c_int, [c_void_p, c_int, c_void_p, c_void_p, c_int64, c_int64]),
         "lm_can_pack16": (c_int, [c_int]),
         "lm_pack16_bytes": (c_int64, [c_int, c_int64, c_int64]),
         "lm_pack16": (c_int, [c_int, c_void_p, c_void_p, c_int64, c_int64]),

@@ -60,7 +60,7 @@ import triton
 import triton.language as tl
 
 from llamette.errors import LlametteError
-from llamette.gguf.constants import GGML_BLOCK_SIZES, GGMLType
+from llamette.gguf.constants import GGML_BLOCK_SIZES, GGMLType, type_name
 
 __all__ = ["SUPPORTED_TYPES", "dequantize", "interpreting", "matvec"]
 
@@ -307,20 +307,13 @@ def _table(device: torch.device) -> torch.Tensor:
     return torch.tensor(IQ4NL_VALUES, dtype=torch.float32, device=device)
 
 
-def _type_name(wtype: object) -> str:
-    try:
-        return T(wtype).name
-    except (ValueError, TypeError):
-        return f"type {wtype!r}"
-
-
 def _check_weights(w: object, wtype: object, K: object) -> tuple[torch.Tensor, int, int]:
     if isinstance(wtype, bool) or not isinstance(wtype, numbers.Integral):
         raise LlametteError(f"wtype must be an int GGML type id, got {wtype!r}")
     wtype = int(wtype)
     if wtype not in SUPPORTED_TYPES:
         names = ", ".join(T(t).name for t in SUPPORTED_TYPES)
-        raise LlametteError(f"Triton kernels do not support {_type_name(wtype)} (supported: {names})")
+        raise LlametteError(f"Triton kernels do not support {type_name(wtype)} (supported: {names})")
     name = T(wtype).name
     if not isinstance(w, torch.Tensor):
         raise LlametteError(f"weights must be a torch.Tensor, got {type(w).__name__}")

@@ -6,13 +6,10 @@ bad arguments raise LlametteError before anything reaches C.
 
 from __future__ import annotations
 
-import functools
-from ctypes import c_int, c_int64, c_void_p
-
 import numpy as np
 
 from llamette.errors import LlametteError
-from llamette.gguf.constants import GGML_BLOCK_SIZES, GGMLType
+from llamette.gguf.constants import GGML_BLOCK_SIZES, GGMLType, type_name
 from llamette.kernels import cpu
 
 QUANTIZABLE_TYPES: frozenset[int] = frozenset(
@@ -25,21 +22,6 @@ QUANTIZABLE_TYPES: frozenset[int] = frozenset(
 )  # fmt: skip
 
 
-@functools.cache
-def _quantize_fn():
-    fn = cpu.library().lm_quantize_rows_mt
-    fn.restype = c_int
-    fn.argtypes = [c_void_p, c_int, c_void_p, c_void_p, c_int64, c_int64]
-    return fn
-
-
-def _type_name(ggml_type: int) -> str:
-    try:
-        return GGMLType(ggml_type).name
-    except ValueError:
-        return f"type {ggml_type}"
-
-
 def quantize(data: np.ndarray, ggml_type: int, pool: cpu.ThreadPool | None = None) -> np.ndarray:
     """(rows, n_per_row) float32 -> (rows, bytes per row) uint8 in ggml_type's block layout.
 
@@ -50,7 +32,7 @@ def quantize(data: np.ndarray, ggml_type: int, pool: cpu.ThreadPool | None = Non
     ggml_type = int(ggml_type)
     if ggml_type not in QUANTIZABLE_TYPES:
         names = ", ".join(GGMLType(t).name for t in sorted(QUANTIZABLE_TYPES))
-        raise LlametteError(f"cannot quantize to {_type_name(ggml_type)} (supported: {names})")
+        raise LlametteError(f"cannot quantize to {type_name(ggml_type)} (supported: {names})")
     if not isinstance(data, np.ndarray):
         raise LlametteError(f"data must be a numpy array, got {type(data).__name__}")
     if data.dtype != np.float32:
@@ -71,7 +53,7 @@ def quantize(data: np.ndarray, ggml_type: int, pool: cpu.ThreadPool | None = Non
     if rows == 0:
         return out
     handle = pool.handle if pool is not None else None
-    rc = _quantize_fn()(handle, ggml_type, src.ctypes.data, out.ctypes.data, rows, n_per_row)
+    rc = cpu.library().lm_quantize_rows_mt(handle, ggml_type, src.ctypes.data, out.ctypes.data, rows, n_per_row)
     if rc != 0:
         raise LlametteError(f"native quantization to {name} failed (code {rc})")
     return out

@@ -480,7 +480,7 @@ def chat_logprobs(probs: list[dict], n_top: int) -> dict:
 
 def embed_texts(state: ServerState, texts: list[str]) -> tuple[list[list[float]], int]:
     """Mean-pooled, L2-normalised final hidden states; runs on the engine thread."""
-    import numpy as np
+    from llamette.embedding import pooled_embedding
 
     model, engine = state.model, state.engine
     cache = model.new_cache(engine.n_ctx)
@@ -492,12 +492,7 @@ def embed_texts(state: ServerState, texts: list[str]) -> tuple[list[list[float]]
         if len(ids) > engine.n_ctx:
             raise ApiError(400, f"input[{i}] is {len(ids)} tokens, longer than the context of {engine.n_ctx}",
                            param="input", code="context_length_exceeded")  # fmt: skip
-        cache.clear()
-        parts = [model.net.forward(ids[s : s + 512], cache, hidden=True) for s in range(0, len(ids), 512)]
-        hidden = np.concatenate(parts)  # (T, dim)
-        v = hidden.mean(axis=0, dtype=np.float64)
-        v /= max(float(np.linalg.norm(v)), 1e-12)
-        vectors.append([float(x) for x in v])
+        vectors.append([float(x) for x in pooled_embedding(model, cache, ids)])
         total += len(ids)
     return vectors, total
 

@@ -223,3 +223,14 @@ def template_for(
     if isinstance(own, str) and own.strip():
         return ChatTemplate(own, "tokenizer.chat_template", bos_token, eos_token)
     return ChatTemplate(BUILTIN_TEMPLATES[DEFAULT_TEMPLATE], DEFAULT_TEMPLATE, bos_token, eos_token)
+
+
+def model_template(
+    metadata: Mapping[str, Any], tokenizer, choice: str | None = None, file: str | os.PathLike | None = None
+) -> ChatTemplate:
+    """template_for with the model's BOS and EOS texts (the bos_token / eos_token templates print)."""
+
+    def text(token: int | None) -> str:
+        return tokenizer.token_to_piece(token).decode("utf-8", "replace") if token is not None else ""
+
+    return template_for(metadata, choice, file, text(tokenizer.bos), text(tokenizer.eos))

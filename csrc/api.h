@@ -8,7 +8,7 @@
 
 #include "threads.h"
 
-#define LM_ABI_VERSION 5
+#define LM_ABI_VERSION 6
 
 int lm_abi_version(void);
 const char *lm_build_info(void);

@@ -142,6 +142,7 @@ typedef struct {
     const int32_t *tokens;
     int32_t *pos;
     int64_t n_tok, pos0, n_out;
+    int residual; /* keep every row through the last layer and stop there (lm_forward_residual) */
     float *logits;
     /* workspace */
     float *x, *h, *q, *k, *v, *att, *tmp, *gate, *up, *attn_scratch, *attn_shared, *rope_cs;
@@ -315,7 +316,7 @@ static void forward_run(void *p, int ith, int nth) {
         /* 4: output projection (every token: the kernel choice depends on the column count, as in llama.cpp),
          * then the residual for the rows that go on (the last layer keeps only those whose logits are wanted,
          * llama.cpp's inp_out_ids) */
-        const int64_t rows = last ? t->n_out : n, skip = n - rows;
+        const int64_t rows = last && !t->residual ? t->n_out : n, skip = n - rows;
         float *x = t->x + skip * dim;
         {
             int64_t r0, r1;
@@ -372,7 +373,7 @@ static void forward_run(void *p, int ith, int nth) {
         lm_barrier(pool);
     }
     /* output norm and logits for the last n_out rows */
-    if (t->n_out == 0) return;
+    if (t->n_out == 0 || t->residual) return;
     act_set out = {0};
     uint8_t *next = t->act;
     act_set_add(&out, &m->output, &next, t->n_out);
@@ -413,7 +414,7 @@ size_t lm_forward_workspace_bytes(const lm_model *m, const lm_kv *kv, int64_t n_
 
 static int forward_impl(lm_pool *pool, const lm_model *m, const lm_kv *kv, const lm_kv *const *kvs,
                         const int32_t *tokens, int64_t n_tok, int64_t pos0, const int32_t *positions, int64_t n_out,
-                        float *logits, void *workspace, size_t workspace_bytes);
+                        int residual, float *logits, void *workspace, size_t workspace_bytes);
 
 int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t *tokens, int64_t n_tok, int64_t pos0,
                int64_t n_out, float *logits, void *workspace, size_t workspace_bytes) {
@@ -421,9 +422,15 @@ int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t 
     if (m->batch_layout && n_tok == 1 && n_out == 1) { /* a lone decode step is a batch of one (same bits) */
         const lm_kv *kvs[1] = {kv};
         const int32_t pos[1] = {(int32_t)pos0};
-        return forward_impl(pool, m, kv, kvs, tokens, 1, 0, pos, 1, logits, workspace, workspace_bytes);
+        return forward_impl(pool, m, kv, kvs, tokens, 1, 0, pos, 1, 0, logits, workspace, workspace_bytes);
     }
-    return forward_impl(pool, m, kv, NULL, tokens, n_tok, pos0, NULL, n_out, logits, workspace, workspace_bytes);
+    return forward_impl(pool, m, kv, NULL, tokens, n_tok, pos0, NULL, n_out, 0, logits, workspace, workspace_bytes);
+}
+
+int lm_forward_residual(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t *tokens, int64_t n_tok,
+                        int64_t pos0, void *workspace, size_t workspace_bytes) {
+    if (n_tok < 1 || pos0 < 0 || pos0 + n_tok > kv->capacity) return -1;
+    return forward_impl(pool, m, kv, NULL, tokens, n_tok, pos0, NULL, 0, 1, NULL, workspace, workspace_bytes);
 }
 
 int lm_forward_seqs(lm_pool *pool, const lm_model *m, const lm_kv *const *kvs, const lm_kv *largest,
@@ -433,18 +440,19 @@ int lm_forward_seqs(lm_pool *pool, const lm_model *m, const lm_kv *const *kvs, c
     for (int64_t i = 0; i < n_seq; i++) {
         if (positions[i] < 0 || positions[i] >= kvs[i]->capacity || kvs[i]->capacity > largest->capacity) return -1;
     }
-    return forward_impl(pool, m, largest, kvs, tokens, n_seq, 0, positions, n_seq, logits, workspace, workspace_bytes);
+    return forward_impl(pool, m, largest, kvs, tokens, n_seq, 0, positions, n_seq, 0, logits, workspace,
+                        workspace_bytes);
 }
 
 static int forward_impl(lm_pool *pool, const lm_model *m, const lm_kv *kv, const lm_kv *const *kvs,
                         const int32_t *tokens, int64_t n_tok, int64_t pos0, const int32_t *positions, int64_t n_out,
-                        float *logits, void *workspace, size_t workspace_bytes) {
+                        int residual, float *logits, void *workspace, size_t workspace_bytes) {
     const int nth = lm_pool_size(pool);
     if (workspace_bytes < lm_forward_workspace_bytes(m, kv, n_tok, nth)) return -2;
     const int64_t q_dim = m->n_heads * m->head_dim, kv_dim = m->n_kv_heads * m->head_dim;
     const int64_t widest = m->dim > q_dim ? m->dim : q_dim;
     fwd_task t = {.m = m, .kv = kv, .kvs = kvs, .pool = pool, .tokens = tokens, .n_tok = n_tok, .pos0 = pos0,
-                  .n_out = n_out, .logits = logits};
+                  .n_out = n_out, .residual = residual, .logits = logits};
     float *f = workspace;
     t.x = f, f += n_tok * m->dim;
     t.h = f, f += n_tok * m->dim; /* ends holding the output-normed rows: NativeLlama.forward(hidden=True) reads them */

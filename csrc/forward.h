@@ -59,5 +59,9 @@ int lm_forward_seqs(lm_pool *pool, const lm_model *m, const lm_kv *const *kvs, c
                     size_t workspace_bytes);
 int lm_forward(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t *tokens, int64_t n_tok, int64_t pos0,
                int64_t n_out, float *logits, void *workspace, size_t workspace_bytes);
+/* As lm_forward, but no logits: every token's residual stream after the model's last layer (before the output
+ * norm) is left in the first n_tok x dim floats of the workspace. The CPU part of a -ngl split hands it on. */
+int lm_forward_residual(lm_pool *pool, const lm_model *m, const lm_kv *kv, const int32_t *tokens, int64_t n_tok,
+                        int64_t pos0, void *workspace, size_t workspace_bytes);
 
 #endif

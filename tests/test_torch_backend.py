@@ -4,6 +4,8 @@ backend's."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import SMOLLM2_REFERENCE, TINY, TINY_MANIFEST, TINY_TYPES, tiny_path
@@ -12,6 +14,8 @@ from llamette.errors import ContextFullError, LlametteError
 from llamette.loader import load
 
 torch = pytest.importorskip("torch")
+from llamette.kernels.torch_backend import TorchLlama  # noqa: E402
+
 TOKENS = TINY_MANIFEST["tokens"]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -58,16 +62,80 @@ def test_gpu_greedy_equals_cpu(smollm2_path) -> None:
 
 @pytest.mark.parametrize("ngl", [0, 1, 2, 3])
 def test_layer_split_gives_the_same_logits(ngl: int) -> None:
-    """-ngl N: the last N layers on the offload device, the rest on the CPU; here both are the CPU, so any
-    split must give the full model's logits (the hidden state crosses devices between layers)."""
+    """-ngl N with the CPU layers in torch: the last N layers on the offload device, the rest on the CPU; here
+    both are the CPU, so any split must give the full model's logits (the hidden state crosses devices)."""
     whole = load(tiny_path("Q4_K"), backend="torch", device="cpu")
-    split = load(tiny_path("Q4_K"), backend="torch", device="cpu", n_gpu_layers=ngl)
-    assert split.net.n_gpu_layers == min(ngl, 2)
+    split = TorchLlama(whole.config, whole.gguf, device="cpu", n_gpu_layers=ngl, native_cpu_layers=False)
+    assert split.n_gpu_layers == min(ngl, 2) and split.native is None
     a = whole.net.forward(TOKENS, whole.new_cache(64), all_logits=True)
     cache = split.new_cache(64)
-    b = np.concatenate([split.net.forward(TOKENS[:20], cache, all_logits=True),
-                        *[split.net.forward([t], cache) for t in TOKENS[20:]]])  # fmt: skip
+    b = np.concatenate([split.forward(TOKENS[:20], cache, all_logits=True),
+                        *[split.forward([t], cache) for t in TOKENS[20:]]])  # fmt: skip
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
+def test_native_residual_is_the_first_layers() -> None:
+    """The native backend run over the first k layers hands on their residual stream: normed, it is what the
+    numpy reference of a k-layer model gives (within the native kernels' rounding), and a model loaded
+    without its output layer gives the same bits as the whole one."""
+    from llamette.kernels.cpu import NativeLlama, available
+    from llamette.model.reference import ReferenceLlama, rms_norm
+    from llamette.model.weights import load_weights
+
+    if not available():
+        pytest.skip("native library not built")
+    m = load(tiny_path("Q8_0"), backend="ref")
+    part = dataclasses.replace(m.config, n_layers=1)
+    first = NativeLlama(part, m.gguf, with_output=False)
+    whole = NativeLlama(m.config, m.gguf)
+    x = first.forward(TOKENS, first.new_cache(64), residual=True)
+    ref = ReferenceLlama(part, load_weights(m.gguf, part)).forward(TOKENS, KVCacheFor(part), hidden=True)
+    normed = rms_norm(x, m.net.output_norm, part.rms_eps)
+    assert np.linalg.norm(normed - ref) / np.linalg.norm(ref) < 0.01
+    full_x = whole.forward(TOKENS, whole.new_cache(64), residual=True)
+    assert full_x.shape == (len(TOKENS), m.config.dim) and not np.array_equal(full_x, x)  # 2 layers vs 1
+    with pytest.raises(LlametteError, match="without its output"):
+        first.forward(TOKENS, first.new_cache(64))
+
+
+def KVCacheFor(cfg):  # noqa: N802 (a cache factory for the reference)
+    from llamette.cache import KVCache
+
+    return KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, 64)
+
+
+@pytest.mark.parametrize("ngl", [0, 1])
+def test_layer_split_with_native_cpu_layers(ngl: int) -> None:
+    """-ngl N with the first layers in the native CPU backend: -ngl 0 is the native backend, bit for bit; a
+    split gives the reference's logits within the native kernels' rounding, for a prompt and for decode steps
+    after it, and the cache can be truncated, shifted, saved and restored across both parts."""
+    from llamette.kernels.cpu import available
+
+    if not available():
+        pytest.skip("native library not built")
+    path = tiny_path("Q8_0")
+    ref, native = load(path, backend="ref"), load(path, backend="cpu")
+    split = load(path, backend="torch", device="cpu", n_gpu_layers=ngl)
+    assert split.net.native is not None and split.net.n_gpu_layers == ngl
+    b = ref.net.forward(TOKENS, ref.new_cache(64), all_logits=True)
+    cache = split.new_cache(64)
+    a = np.concatenate([split.net.forward(TOKENS[:20], cache, all_logits=True),
+                        *[split.net.forward([t], cache) for t in TOKENS[20:]]])  # fmt: skip
+    assert cache.seq_len == cache.native.seq_len == len(TOKENS)
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.03
+    if ngl == 0:
+        n = native.net.forward(TOKENS, native.new_cache(64), all_logits=True)
+        np.testing.assert_array_equal(split.net.forward(TOKENS, split.new_cache(64), all_logits=True), n)
+    snap = cache.snapshot()
+    cache.truncate(10)
+    assert cache.native.seq_len == 10
+    cache.restore(snap)
+    again = split.net.forward([TOKENS[0]], cache)
+    fresh = split.new_cache(64)  # filled in the same steps (a batch and single tokens round differently)
+    split.net.forward(TOKENS[:20], fresh)
+    for t in TOKENS[20:]:
+        split.net.forward([t], fresh)
+    np.testing.assert_array_equal(again, split.net.forward([TOKENS[0]], fresh))
 
 
 def test_cli_flags(capsys) -> None:
@@ -122,3 +190,66 @@ def test_decode_batch_for_the_server() -> None:
         alone.append(model.net.forward([TOKENS[10 + i]], solo)[0])
     out = model.net.decode_batch([TOKENS[10 + i] for i in range(3)], caches)
     np.testing.assert_array_equal(out, np.array(alone))
+
+
+def interpreted_gpu_model(qtype: str):
+    """The tiny model with the GPU path (GGUF blocks, Triton kernels, device-side decode) on the CPU."""
+    from llamette.kernels import triton_kernels
+
+    if not triton_kernels.interpreting():
+        pytest.skip("a GPU is present: the GPU tests run this path for real")
+    model = load(tiny_path(qtype), backend="torch", device="cpu")
+    model.net = TorchLlama(model.config, model.gguf, device="cpu", blocks=True)
+    assert model.net.device_decode and model.net.device_greedy and not model.net.cuda_graphs
+    return model
+
+
+def test_greedy_on_the_device_equals_the_host_loop(monkeypatch) -> None:
+    """generate() with greedy_tokens (argmax on the device, one step launched ahead) gives the host loop's
+    tokens, cache contents and stop reason: at max tokens, an end-of-generation token, a full context, and
+    a consumer that stops early (the step ahead is taken back out of the cache)."""
+    from llamette.generation import GenerationStats, generate
+    from llamette.sampling import Sampler
+
+    model = interpreted_gpu_model("Q4_0")
+    prompt = TOKENS[:5]
+
+    def run(on_device: bool, n_ctx: int = 64, max_tokens: int = 4, take: int | None = None):
+        model.net.device_greedy = on_device
+        cache, stats = model.new_cache(n_ctx), GenerationStats()
+        out = []
+        for t in generate(model, prompt, Sampler(0), max_tokens, cache, stats):
+            out.append(t)
+            if take is not None and len(out) == take:
+                break
+        return out, cache.seq_len, list(cache.tokens), stats.stop_reason, stats.n_generated
+
+    host = run(False)
+    assert run(True) == host and host[3] == "length"
+    for kw in [{"n_ctx": 8, "max_tokens": -1}, {"take": 2}]:
+        assert run(True, **kw) == run(False, **kw), kw
+    monkeypatch.setattr(model.tokenizer, "is_eog", lambda t: t == host[0][2])
+    eog = run(True)
+    assert eog[3] == "eog" and eog[0] == host[0][:2] and eog == run(False)
+
+
+def test_torch_cache_context_shift_and_state() -> None:
+    """The torch cache's discard (context shift), snapshot and restore give the logits the reference cache
+    gives after the same operations."""
+    from llamette.generation import rope_rotation
+
+    model, ref = load(tiny_path("Q8_0"), backend="torch", device="cpu"), load(tiny_path("Q8_0"), backend="ref")
+    a, b = model.new_cache(64), ref.new_cache(64)
+    model.net.forward(TOKENS[:20], a)
+    ref.net.forward(TOKENS[:20], b)
+    a.tokens, b.tokens = list(TOKENS[:20]), list(TOKENS[:20])
+    a.discard(4, 12, rope_rotation(model))
+    b.discard(4, 12, rope_rotation(ref))
+    assert a.seq_len == b.seq_len == 12 and a.tokens == b.tokens
+    snap = a.snapshot()
+    x = model.net.forward(TOKENS[20:23], a, all_logits=True)
+    y = ref.net.forward(TOKENS[20:23], b, all_logits=True)
+    assert np.abs(x - y).max() <= 1e-5 * np.abs(y).max()
+    a.restore(snap)
+    assert a.seq_len == 12
+    np.testing.assert_array_equal(model.net.forward(TOKENS[20:23], a, all_logits=True), x)

@@ -137,6 +137,7 @@ def generate(
         for t in prompt_ids:
             sampler.accept(t)
     t0 = time.perf_counter()
+    on_device = getattr(model.net, "device_greedy", False) and sampler.argmax_only and context_shift is None
     while True:
         if max_tokens >= 0 and stats.n_generated >= max_tokens:
             stats.stop_reason = "length"
@@ -153,10 +154,40 @@ def generate(
                 break
             context_shift.apply(model, cache)
             stats.n_shifts += 1
+        if on_device:
+            yield from _greedy_on_device(model, token, cache, sampler, max_tokens, stats, t0)
+            return
         logits = model.net.forward([token], cache)[-1]
         cache.tokens.append(token)
         stats.generate_seconds = time.perf_counter() - t0  # current even if the consumer stops early
     stats.generate_seconds = time.perf_counter() - t0
+
+
+def _greedy_on_device(
+    model: Model, token: int, cache, sampler: Sampler, max_tokens: int, stats: GenerationStats, t0: float
+) -> Iterator[int]:
+    """The rest of a greedy generation after token (already yielded), the argmax taken on the device
+    (model.net.greedy_tokens): the same tokens, cache and stop reasons as the loop in `generate`."""
+    steps = model.net.greedy_tokens(token, cache)
+    prev = token
+    try:
+        for nxt in steps:
+            cache.tokens.append(prev)  # prev has been evaluated
+            stats.generate_seconds = time.perf_counter() - t0
+            if max_tokens >= 0 and stats.n_generated >= max_tokens:
+                stats.stop_reason = "length"
+                return
+            sampler.accept(nxt)
+            if model.tokenizer.is_eog(nxt):
+                stats.stop_reason = "eog"
+                return
+            stats.n_generated += 1
+            yield nxt
+            prev = nxt
+        stats.stop_reason = "context"  # the steps end when the cache is full
+    finally:
+        steps.close()  # takes the step evaluated ahead back out of the cache
+        stats.generate_seconds = time.perf_counter() - t0
 
 
 class TextStream:

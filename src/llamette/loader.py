@@ -11,7 +11,7 @@ from typing import Any
 from llamette.default_model import default_model_path
 from llamette.errors import GGUFError, LlametteError
 from llamette.gguf.reader import GGUFFile
-from llamette.kernels import BACKENDS
+from llamette.kernels import BACKENDS, cuda_gpu_present
 from llamette.model.config import ModelConfig
 from llamette.model.reference import ReferenceLlama
 from llamette.model.weights import check_tensors, load_weights
@@ -63,8 +63,10 @@ def load(
 ) -> Model:
     """Load a GGUF model (the default model when path is None).
 
-    backend: "cpu" (native kernels, the default when the library was built) or "ref" (the numpy reference).
+    backend: "torch" (PyTorch + Triton, the default when a CUDA GPU and llamette[gpu] are there), "cpu"
+    (native kernels, the default otherwise when the library was built) or "ref" (the numpy reference).
     n_threads: native threads (default: the physical cores).
+    device, n_gpu_layers: the torch backend's device and -ngl (the last N layers there, the rest on the CPU).
     flash_attn: compute attention as llama.cpp does with flash attention on (its command-line tools' default)
         instead of without (llama-cpp-python's default); native backend only, the numbers differ in rounding.
     batch_layout: lay Q4_1 and Q8_0 weights out for decoding many sequences at once (the server); native only.
@@ -73,6 +75,8 @@ def load(
 
     if backend not in (None, *BACKENDS):
         raise LlametteError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if backend is None and cuda_gpu_present():
+        backend = "torch"
     if backend is None:
         backend = "cpu" if cpu.available() else "ref"
         if backend == "ref":
@@ -86,7 +90,7 @@ def load(
     if backend == "torch":
         from llamette.kernels.torch_backend import TorchLlama
 
-        net = TorchLlama(config, gguf, device=device, n_gpu_layers=n_gpu_layers)
+        net = TorchLlama(config, gguf, device=device, n_gpu_layers=n_gpu_layers, n_threads=n_threads)
     elif backend == "cpu":
         net = cpu.NativeLlama(config, gguf, n_threads, flash_attn=flash_attn, batch_layout=batch_layout)
     else:

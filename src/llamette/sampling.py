@@ -403,6 +403,18 @@ class Sampler:
     def greedy(self) -> bool:
         return self.params.greedy
 
+    @property
+    def penalizes(self) -> bool:
+        s = self.params
+        return s.repeat_last_n != 0 and (s.repeat_penalty != 1.0 or bool(s.frequency_penalty or s.presence_penalty))
+
+    @property
+    def argmax_only(self) -> bool:
+        """The token is the logits' argmax: greedy, no bias or penalties, no probabilities to report (so a
+        backend may pick it on its device)."""
+        s = self.params
+        return s.greedy and not self.penalizes and not s.n_probs and not len(self._bias_ids)
+
     def reset(self) -> None:
         """Back to the start: empty history, mirostat mu = 2 tau, the random stream from the seed."""
         self._rng = Mt19937(self.seed)
@@ -430,7 +442,7 @@ class Sampler:
     def sample(self, logits: np.ndarray) -> int:
         """logits (n_vocab,) -> token id, without recording it."""
         s = self.params
-        penalize = s.repeat_last_n != 0 and (s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty)
+        penalize = self.penalizes
         if s.greedy and not penalize and not s.n_probs:  # the common serving case, without building candidates
             if not len(self._bias_ids):
                 return int(np.argmax(logits))

@@ -23,7 +23,7 @@ from llamette.model.config import ModelConfig
 from llamette.model.weights import check_tensors
 from llamette.quant import dequantize
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 
 class NativeUnavailable(LlametteError):
@@ -133,6 +133,10 @@ def library() -> ctypes.CDLL:
                 c_void_p,
                 c_size_t,
             ],
+        ),
+        "lm_forward_residual": (
+            c_int,
+            [c_void_p, POINTER(LmModel), POINTER(LmKV), c_void_p, c_int64, c_int64, c_void_p, c_size_t],
         ),
         "lm_forward": (
             c_int,
@@ -401,13 +405,15 @@ class NativeLlama:
         flash_attn: bool = False,
         n_ubatch: int = 512,
         batch_layout: bool = False,
+        with_output: bool = True,
     ) -> None:
         """flash_attn: llama.cpp's flash-attention arithmetic (its tools' default) instead of its plain path
         (llama-cpp-python's default). n_ubatch: tokens per native call, as llama.cpp's physical batch; longer
         inputs run in batches of that size, which also decides which of llama.cpp's kernels each one matches.
         batch_layout: copy Q4_1 and Q8_0 weights into the 16-row layout whose kernel computes any number of
         sequences with one arithmetic and about half the work per sequence (the server's continuous batching;
-        the numbers then differ from llama.cpp's in rounding)."""
+        the numbers then differ from llama.cpp's in rounding). with_output=False: only the layers, for
+        forward(residual=True) (the CPU part of the torch backend's -ngl split); the output matrix is not loaded."""
         library()
         if not isinstance(n_ubatch, int) or n_ubatch < 1:
             raise LlametteError(f"n_ubatch must be a positive integer, got {n_ubatch!r}")
@@ -415,6 +421,7 @@ class NativeLlama:
         self.repacked_bytes = 0  # weights copied into an interleaved layout (the rest is read from the file)
         self.flash_attn = bool(flash_attn)
         self.n_ubatch = n_ubatch
+        self.with_output = bool(with_output)
         self.batch_layout = bool(batch_layout)
         self.pool = ThreadPool(default_threads() if n_threads is None else n_threads)
         self._keep: list[np.ndarray] = []  # arrays the C structs point into
@@ -456,7 +463,9 @@ class NativeLlama:
             attn_scale=1.0 / float(np.sqrt(np.float32(cfg.head_dim))),
             rope_freqs=self._floats(gguf, freqs) if freqs in present else None,
             output_norm=self._floats(gguf, "output_norm.weight"),
-            token_embd=self._weight(gguf, "token_embd.weight", product=False), output=self._weight(gguf, out),
+            token_embd=self._weight(gguf, "token_embd.weight", product=False),
+            # without the output, the embedding stands in: it only sizes the workspace, no logits are computed
+            output=self._weight(gguf, out if with_output else "token_embd.weight", product=with_output),
             layers=layers,
             flash_attn=int(self.flash_attn), batch_layout=int(self.batch_layout),
         )  # fmt: skip
@@ -501,11 +510,17 @@ class NativeLlama:
     def new_cache(self, n_ctx: int) -> NativeKVCache:
         return NativeKVCache(self.cfg, n_ctx)
 
-    def forward(self, tokens, cache: NativeKVCache, all_logits: bool = False, hidden: bool = False) -> np.ndarray:
+    def forward(
+        self, tokens, cache: NativeKVCache, all_logits: bool = False, hidden: bool = False, residual: bool = False
+    ) -> np.ndarray:
         """Run tokens after what the cache holds; logits (T, n_vocab) if all_logits else (1, n_vocab).
-        hidden: return the final-normed hidden states (T, dim) instead (llama.cpp's embeddings)."""
+        hidden: return the final-normed hidden states (T, dim) instead (llama.cpp's embeddings).
+        residual: return the residual stream after the last layer (T, dim), before the output norm (no logits
+        are computed: a model holding the first layers of a -ngl split hands this on)."""
+        if not self.with_output and not residual:
+            raise LlametteError("this model was loaded without its output layer: only forward(residual=True)")
         all_logits = all_logits or hidden
-        states = np.empty((len(tokens), self.cfg.dim), np.float32) if hidden else None
+        states = np.empty((len(tokens), self.cfg.dim), np.float32) if hidden or residual else None
         toks = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
         n = len(toks)
         if n == 0:
@@ -514,18 +529,17 @@ class NativeLlama:
             bad = int(toks[(toks < 0) | (toks >= self.cfg.n_vocab)][0])
             raise LlametteError(f"token id {bad} is out of range (the model has {self.cfg.n_vocab} tokens)")
         cache.reserve(n)  # fail before computing anything if the context cannot take them all
-        logits = np.empty((n if all_logits else 1, self.cfg.n_vocab), np.float32)
+        logits = np.empty((n if all_logits else 1, self.cfg.n_vocab), np.float32) if not residual else None
         for start in range(0, n, self.n_ubatch):
             chunk = toks[start : start + self.n_ubatch]
             last = start + len(chunk) == n
-            n_out = len(chunk) if all_logits else int(last)  # llama.cpp computes only the logits asked for
-            out = logits[start : start + len(chunk)] if all_logits else logits
+            n_out = 0 if residual else len(chunk) if all_logits else int(last)  # only the logits asked for
+            out = logits if logits is None or not all_logits else logits[start : start + len(chunk)]
             self._run(chunk, cache, n_out, out)
-            if states is not None:  # lm_forward leaves the output-normed rows right after x in its workspace
+            if states is not None:  # lm_forward leaves x, then the output-normed rows, at its workspace's start
                 d, m = self.cfg.dim, len(chunk)
-                states[start : start + m] = (
-                    self._workspace[: 8 * m * d].view(np.float32)[m * d : 2 * m * d].reshape(m, d)
-                )
+                at = 0 if residual else m * d
+                states[start : start + m] = self._workspace[4 * at : 4 * (at + m * d)].view(np.float32).reshape(m, d)
         return states if states is not None else logits
 
     def decode_batch(self, tokens, caches: list[NativeKVCache]) -> np.ndarray:
@@ -559,25 +573,20 @@ class NativeLlama:
             c.seq_len = int(p) + 1
         return logits
 
-    def _run(self, toks: np.ndarray, cache: NativeKVCache, n_out: int, logits: np.ndarray) -> None:
+    def _run(self, toks: np.ndarray, cache: NativeKVCache, n_out: int, logits: np.ndarray | None) -> None:
+        """n_out logits rows into logits; logits None: the residual stream of every row, left in the workspace."""
         n = len(toks)
         pos0 = cache.reserve(n)
         lib = library()
         need = lib.lm_forward_workspace_bytes(self.struct, cache.struct, n, self.pool.n_threads)
         if self._workspace.nbytes < need:
             self._workspace = np.zeros(need, np.uint8)
-        rc = lib.lm_forward(
-            self.pool.handle,
-            self.struct,
-            cache.struct,
-            toks.ctypes.data,
-            n,
-            pos0,
-            n_out,
-            logits.ctypes.data,
-            self._workspace.ctypes.data,
-            self._workspace.nbytes,
-        )
+        ws = (self._workspace.ctypes.data, self._workspace.nbytes)
+        if logits is None:
+            rc = lib.lm_forward_residual(self.pool.handle, self.struct, cache.struct, toks.ctypes.data, n, pos0, *ws)
+        else:
+            rc = lib.lm_forward(self.pool.handle, self.struct, cache.struct, toks.ctypes.data, n, pos0, n_out,
+                                logits.ctypes.data, *ws)  # fmt: skip
         if rc != 0:
             raise LlametteError(f"native forward failed (code {rc})")
         cache.seq_len = pos0 + n

@@ -337,8 +337,11 @@ def _check_weights(w: object, wtype: object, K: object) -> tuple[torch.Tensor, i
     return w, wtype, row_bytes
 
 
+_INTERPRETER_TILE = (64, 512)  # under the interpreter a program costs ~30 ms whatever its size: few, large ones
+
+
 def _tile(table: dict[str, tuple[int, int]], wtype: int, K: int, block_rows: int | None, block_k: int | None):
-    br, bk = table[_family(wtype)]
+    br, bk = _INTERPRETER_TILE if interpreting() else table[_family(wtype)]
     br = block_rows if block_rows is not None else br
     bk = block_k if block_k is not None else min(bk, triton.next_power_of_2(K))
     for what, v in (("block_rows", br), ("block_k", bk)):

@@ -15,6 +15,8 @@ at about one tensor in float32 however large the file. Existing files are kept u
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import subprocess
 import sys
 import tarfile
@@ -220,28 +222,50 @@ def fetch_spm_vocab() -> Path:
 # -- tinyllama ---------------------------------------------------------------------------------------------
 
 
+LLAMA2_7B = LlamaShape(n_layers=32, n_embd=4096, n_ff=11008, n_head=32, n_head_kv=32, n_ctx=4096)
+LLAMA2_7B_STEM = "llama2-7b-random"
+_POOL = 1 << 24  # normals drawn once for the 7B shape, from which each tensor takes a seeded window
+
+
+@functools.cache
+def _pool(seed: int) -> np.ndarray:
+    return random_tensor((_POOL,), seed, -1)
+
+
+def pooled_random_tensor(shape: tuple[int, ...], seed: int, index: int) -> np.ndarray:
+    """Like random_tensor, but windows of one pool of 2^24 normals (a 7B model's 6.7e9 draws would take
+    minutes; speed benchmarks need realistic magnitudes, not independent values)."""
+    pool = _pool(seed)
+    n = int(np.prod(shape))
+    start = np.random.default_rng([seed, index]).integers(0, _POOL)
+    return np.resize(np.roll(pool, -int(start)), n).reshape(shape)
+
+
 def random_tensor(shape: tuple[int, ...], seed: int, index: int) -> np.ndarray:
     """Normal(0, 0.02) float32, from a generator seeded by (seed, tensor index): reproducible tensor by tensor."""
-    rng = np.random.default_rng([seed, index])
+    rng = np.random.default_rng([seed, index % (1 << 32)])
     x = rng.standard_normal(shape, dtype=np.float32)
     x *= np.float32(0.02)
     return x
 
 
-def write_tinyllama_f16(path: Path, vocab_path: Path, seed: int) -> None:
-    """The F16 file: random 2-D weights in F16, norms 1.0 in F32, the vocab file's tokenizer metadata."""
+def write_tinyllama_f16(path: Path, vocab_path: Path, seed: int, base: LlamaShape | None = None) -> None:
+    """The F16 file: random 2-D weights in F16, norms 1.0 in F32, the vocab file's tokenizer metadata.
+    base: the shape (default TinyLlama-1.1B's); the 7B shape draws its weights from a pool."""
     vocab = GGUFReader(vocab_path)
     tok_field = vocab.fields.get("tokenizer.ggml.tokens")
     if tok_field is None:
         sys.exit(f"error: {vocab_path} has no tokenizer.ggml.tokens")
     n_vocab = len(tok_field.data)
-    shape = LlamaShape(n_vocab=n_vocab)
+    base = base or LlamaShape()
+    shape = dataclasses.replace(base, n_vocab=n_vocab)
+    draw = pooled_random_tensor if base == LLAMA2_7B else random_tensor
     if n_vocab != LlamaShape.n_vocab:
         log(f"note: {vocab_path.name} has {n_vocab} tokens; the embedding and output get {n_vocab} rows")
 
     w = GGUFWriter(None, "llama")
     w.add_type("model")
-    w.add_name("TinyLlama-1.1B shape, random weights")
+    w.add_name("Llama-2-7B shape, random weights" if base == LLAMA2_7B else "TinyLlama-1.1B shape, random weights")
     w.add_block_count(shape.n_layers)
     w.add_context_length(shape.n_ctx)
     w.add_embedding_length(shape.n_embd)
@@ -266,7 +290,7 @@ def write_tinyllama_f16(path: Path, vocab_path: Path, seed: int) -> None:
             )
         else:
             qt = GGMLQuantizationType.F16
-            make = lambda s=shp, i=index: random_tensor(s, seed, i).astype(np.float16)  # noqa: E731
+            make = lambda s=shp, i=index: draw(s, seed, i).astype(np.float16)  # noqa: E731
             tensors.append(OutTensor(name, shp, qt, tensor_nbytes(shp, qt), make))
     write_streaming(path, w, tensors, path.name)
 
@@ -332,6 +356,22 @@ def cmd_tinyllama(args: argparse.Namespace) -> None:
             requantize(f16, dst, target)
 
 
+def cmd_llama2_7b(args: argparse.Namespace) -> None:
+    """The 7B shape's F16 file, then each type with `llamette quantize` (gguf-py's numpy quantizer would take
+    an hour at this size); any llama-quantize type name works."""
+    out_dir: Path = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    f16 = out_path(out_dir, LLAMA2_7B_STEM, "F16")
+    if wanted(f16, args.force):
+        write_tinyllama_f16(f16, Path(args.vocab) if args.vocab else fetch_spm_vocab(), args.seed, LLAMA2_7B)
+    for target in args.types:
+        dst = out_path(out_dir, LLAMA2_7B_STEM, target)
+        if target != "F16" and wanted(dst, args.force):
+            cmd = [sys.executable, "-m", "llamette", "quantize", str(f16), str(dst), target]
+            if subprocess.run(cmd).returncode:
+                sys.exit(f"error: quantizing to {target} failed")
+
+
 def cmd_smollm2(args: argparse.Namespace) -> None:
     from llamette.default_model import default_model_path
 
@@ -359,6 +399,12 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     common(t)
     t.add_argument("--vocab", help=f"GGUF file whose tokenizer.* metadata to copy (default: llama.cpp's {SPM_VOCAB})")
     t.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("llama2-7b", help="Llama-2-7B shapes, random weights: F16, then llamette quantize")
+    b.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="default: benchmarks/models")
+    b.add_argument("--types", nargs="*", default=["Q4_0", "Q4_K_M", "Q8_0"], help="llama-quantize type names")
+    b.add_argument("--force", action="store_true", help="rewrite files that exist")
+    b.add_argument("--vocab", help=f"GGUF file whose tokenizer.* metadata to copy (default: llama.cpp's {SPM_VOCAB})")
+    b.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("smollm2", help="the default model (SmolLM2-135M-Instruct Q4_1) re-quantized")
     common(s)
     s.add_argument("--source", help="model to re-quantize (default: llamette's default model)")
@@ -370,6 +416,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.model == "tinyllama":
         cmd_tinyllama(args)
+    elif args.model == "llama2-7b":
+        cmd_llama2_7b(args)
     else:
         cmd_smollm2(args)
     log(f"done in {time.perf_counter() - t0:.0f} s")

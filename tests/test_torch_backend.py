@@ -179,17 +179,23 @@ def test_gpu_path_under_the_triton_interpreter(qtype: str) -> None:  # are in te
     assert np.abs(a - b).max() <= 2e-3 * np.abs(b).max()  # fp16 tiles for the prompt batch
 
 
-def test_decode_batch_for_the_server() -> None:
-    model = load(tiny_path("Q8_0"), backend="torch", device="cpu")
+@pytest.mark.parametrize("gpu_path", [False, True])
+def test_decode_batch_for_the_server(gpu_path: bool) -> None:
+    """decode_batch (the server's step for every running request) gives each sequence the bits of its step
+    alone: looping on the CPU graph, and in one pass over the weights on the GPU path (under the interpreter)."""
+    model = interpreted_gpu_model("Q4_K") if gpu_path else load(tiny_path("Q8_0"), backend="torch", device="cpu")
     caches = [model.new_cache(32) for _ in range(3)]
     alone = []
     for i, c in enumerate(caches):
-        model.net.forward(TOKENS[i : i + 4], c)
+        model.net.forward(TOKENS[i : i + 4 + i], c)  # sequences of different lengths
         solo = model.new_cache(32)
-        model.net.forward(TOKENS[i : i + 4], solo)
+        model.net.forward(TOKENS[i : i + 4 + i], solo)
         alone.append(model.net.forward([TOKENS[10 + i]], solo)[0])
     out = model.net.decode_batch([TOKENS[10 + i] for i in range(3)], caches)
     np.testing.assert_array_equal(out, np.array(alone))
+    assert [c.seq_len for c in caches] == [5, 6, 7]
+    with pytest.raises(LlametteError, match="one token per distinct cache"):
+        model.net.decode_batch([1, 2], [caches[0], caches[0]])
 
 
 def interpreted_gpu_model(qtype: str):
@@ -253,3 +259,31 @@ def test_torch_cache_context_shift_and_state() -> None:
     a.restore(snap)
     assert a.seq_len == 12
     np.testing.assert_array_equal(model.net.forward(TOKENS[20:23], a, all_logits=True), x)
+
+
+@cuda
+def test_cuda_graph_decode_equals_eager(smollm2_path) -> None:
+    """Decode steps replayed from CUDA graphs give the bits of the same step launched eagerly, also after the
+    cache grows (a new capture over the new buffers), and greedy tokens taken on the GPU one step ahead equal
+    the host loop's."""
+    from llamette.generation import generate
+    from llamette.sampling import Sampler
+
+    graphs = load(smollm2_path, backend="torch")
+    eager = load(smollm2_path, backend="torch")
+    eager.net.cuda_graphs = False
+    assert graphs.net.cuda_graphs and graphs.net.device_greedy
+    ids = SMOLLM2_REFERENCE["greedy"][0]["prompt_ids"]
+    a, b = graphs.new_cache(4096), eager.new_cache(4096)
+    graphs.net.forward(ids, a)
+    eager.net.forward(ids, b)
+    for i in range(300):  # past the first capacity (256): the graph is captured again
+        token = 100 + i
+        np.testing.assert_array_equal(graphs.net.forward([token], a), eager.net.forward([token], b))
+    for case in SMOLLM2_REFERENCE["greedy"]:
+        runs = []
+        for on_device in (True, False):
+            graphs.net.device_greedy = on_device
+            cache = graphs.new_cache(128)
+            runs.append((list(generate(graphs, case["prompt_ids"], Sampler(0), 48, cache)), list(cache.tokens)))
+        assert runs[0] == runs[1], case["prompt"]

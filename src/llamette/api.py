@@ -58,12 +58,20 @@ class Llama:
         backend: str | None = None,
         **kwargs: Any,
     ) -> None:
-        """n_ctx: context size (0 = the model's own). Options of llama-cpp-python that do not apply on this
-        backend (n_gpu_layers, use_mmap, ...) are accepted and ignored; verbose reports which."""
+        """n_ctx: context size (0 = the model's own). n_gpu_layers (llama-cpp-python's): with a CUDA GPU, 0
+        keeps the model on the CPU backend and N (-1: all) puts the last N layers on the GPU (the torch
+        backend, the default there); without a GPU it is ignored. Other options of llama-cpp-python that do
+        not apply (use_mmap, ...) are accepted and ignored; verbose reports which."""
+        from llamette.kernels import cuda_gpu_present
         from llamette.loader import load
 
         t0 = time.perf_counter()
-        self.model = load(model_path, backend=backend, n_threads=n_threads, flash_attn=flash_attn)
+        gpu = {}
+        if "n_gpu_layers" in kwargs and backend is None and cuda_gpu_present():
+            ngl = int(kwargs.pop("n_gpu_layers"))
+            backend = "torch" if ngl else "cpu"
+            gpu = {"n_gpu_layers": None if ngl < 0 else ngl} if ngl else {}
+        self.model = load(model_path, backend=backend, n_threads=n_threads, flash_attn=flash_attn, **gpu)
         self.model_path = str(self.model.path)
         self.verbose = verbose
         self._n_ctx = n_ctx if n_ctx > 0 else self.model.config.n_ctx_train

@@ -128,12 +128,31 @@ def model_summary(model: Model) -> dict:
 
 
 def _weights_note(model: Model) -> str:
+    if model.backend == "torch":
+        return _torch_note(model.net)
     if model.backend != "cpu":
         return "dequantized (numpy)"
     copied = getattr(model.net, "repacked_bytes", 0)
     if not copied:
         return "memory-mapped, read in place (not repacked)"
     return f"memory-mapped; {copied / 2**20:.1f} MiB repacked into 8-row interleaved blocks at load (as llama.cpp)"
+
+
+def _torch_note(net) -> str:
+    """Where the torch backend's layers are, and in what form."""
+    dev = net.device
+    name = dev.type
+    if dev.type == "cuda":
+        import torch
+
+        name = f"cuda ({torch.cuda.get_device_name(dev)})"
+    n = net.cfg.n_layers
+    cpu_part = f", {n - net.n_gpu_layers} on the CPU ({'native' if net.native is not None else 'torch'})"
+    where = f"{net.n_gpu_layers}/{n} layers on {name}" + (cpu_part if net.n_gpu_layers < n else "")
+    blocks = bool(net.layers) and net.layers[-1]["attn_q"].blocks is not None
+    form = "GGUF blocks, Triton kernels" if blocks else "dequantized to float32"
+    graphs = "; decode as CUDA graphs" if net.cuda_graphs else ""
+    return f"{where}; {form}{graphs}"
 
 
 def _params_label(n: int) -> str:

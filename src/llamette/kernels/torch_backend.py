@@ -66,13 +66,14 @@ class QWeight:
         t = self.blocks if self.blocks is not None else self.dense
         return t.element_size() * t.nelement()
 
-    def matmul(self, x):
-        """x (n, K) float32 -> (n, rows) float32."""
+    def matmul(self, x, force_matvec: bool = False):
+        """x (n, K) float32 -> (n, rows) float32. force_matvec: the matrix-vector kernel for any n (each row
+        then has the bits it has alone), not fp16 tiles and tensor cores above DECODE_COLUMNS."""
         if self.dense is not None:
             return x @ self.dense.T
         from llamette.kernels import triton_kernels as tk
 
-        if x.shape[0] <= DECODE_COLUMNS:
+        if x.shape[0] <= DECODE_COLUMNS or force_matvec:
             return tk.matvec(self.blocks, self.wtype, x, self.k)
         w = tk.dequantize(self.blocks, self.wtype, self.k, out_dtype=_torch().float16)
         return (x.half() @ w.T).float()
@@ -351,27 +352,28 @@ class TorchLlama:
         out[..., 1:n:2] = x0 * sin + x1 * cos
         return out
 
-    def _lin(self, layer: dict, name: str, x):
-        y = layer[name].matmul(x)
+    def _lin(self, layer: dict, name: str, x, force_matvec: bool = False):
+        y = layer[name].matmul(x, force_matvec)
         bias = layer.get(name + ".bias")
         return y if bias is None else y + bias
 
-    def _qkv(self, L: dict, x, positions):
+    def _qkv(self, L: dict, x, positions, force_matvec: bool = False):
         """Attention norm, projections and rope: q (T, H, D), k and v (T, H_kv, D)."""
-        cfg, t = self.cfg, x.shape[0]
+        cfg, t, mv = self.cfg, x.shape[0], force_matvec
         h = self._rms(x, L["attn_norm"])
-        q = self._lin(L, "attn_q", h).view(t, cfg.n_heads, cfg.head_dim)
-        k = self._lin(L, "attn_k", h).view(t, cfg.n_kv_heads, cfg.head_dim)
-        v = self._lin(L, "attn_v", h).view(t, cfg.n_kv_heads, cfg.head_dim)
+        q = self._lin(L, "attn_q", h, mv).view(t, cfg.n_heads, cfg.head_dim)
+        k = self._lin(L, "attn_k", h, mv).view(t, cfg.n_kv_heads, cfg.head_dim)
+        v = self._lin(L, "attn_v", h, mv).view(t, cfg.n_kv_heads, cfg.head_dim)
         return self._rope(q, positions), self._rope(k, positions), v
 
-    def _finish_layer(self, L: dict, x, attn):
+    def _finish_layer(self, L: dict, x, attn, force_matvec: bool = False):
         """attn (T, q_dim): output projection, residual, and the feed-forward block."""
         torch = _torch()
-        x = x + self._lin(L, "attn_output", attn)
+        mv = force_matvec
+        x = x + self._lin(L, "attn_output", attn, mv)
         h = self._rms(x, L["ffn_norm"])
-        g = torch.nn.functional.silu(self._lin(L, "ffn_gate", h))
-        return x + self._lin(L, "ffn_down", g * self._lin(L, "ffn_up", h))
+        g = torch.nn.functional.silu(self._lin(L, "ffn_gate", h, mv))
+        return x + self._lin(L, "ffn_down", g * self._lin(L, "ffn_up", h, mv), mv)
 
     # -- the forward pass ----------------------------------------------------------------------------------
 
@@ -426,25 +428,33 @@ class TorchLlama:
         cache.seq_len = start + t
         return logits.float().cpu().numpy()
 
-    def decode_step(self, token, position, cache: TorchKVCache):
-        """One decode step from device tensors token (1,) and position (1,) int64 (the whole model on one
-        device, weights in blocks): no host sync and the same shapes at every step, so it can be captured as a
-        CUDA graph. Writes K/V at position; returns logits (1, n_vocab) float32 on the device."""
+    def decode_step(self, tokens, positions, caches: TorchKVCache | list[TorchKVCache]):
+        """Decode steps from device tensors tokens (n,) and positions (n,) int64, token i in caches[i] (the
+        whole model on one device, weights in blocks): no host sync and the same shapes at every step, so one
+        sequence's step can be captured as a CUDA graph. Writes K/V at the positions; returns logits
+        (n, n_vocab) float32 on the device. Every product is the matrix-vector kernel, which reads the weights
+        once per 8 sequences and computes each row as it would alone."""
         torch = _torch()
         cfg = self.cfg
         from llamette.kernels.triton_attention import decode_attention
 
-        length = position + 1
+        caches = [caches] if isinstance(caches, TorchKVCache) else caches
+        n = len(caches)
+        lengths = positions + 1
         scale = 1.0 / float(np.sqrt(np.float32(cfg.head_dim)))
         with torch.no_grad():
-            x = self.embedding.rows_of(token)  # (1, dim)
+            x = self.embedding.rows_of(tokens)  # (n, dim)
             for j, L in enumerate(self.layers):
-                q, k, v = self._qkv(L, x, position)
-                cache.k[j].index_copy_(1, position, k.transpose(0, 1).to(cache.k[j].dtype))
-                cache.v[j].index_copy_(1, position, v.transpose(0, 1).to(cache.v[j].dtype))
-                a = decode_attention(q[0], cache.k[j], cache.v[j], length, scale)  # (H, D)
-                x = self._finish_layer(L, x, a.reshape(1, cfg.q_dim))
-            return self.output.matmul(self._rms(x, self.output_norm))
+                q, k, v = self._qkv(L, x, positions, force_matvec=True)
+                att = []
+                for i, c in enumerate(caches):
+                    at = positions[i : i + 1]
+                    c.k[j].index_copy_(1, at, k[i : i + 1].transpose(0, 1).to(c.k[j].dtype))
+                    c.v[j].index_copy_(1, at, v[i : i + 1].transpose(0, 1).to(c.v[j].dtype))
+                    att.append(decode_attention(q[i], c.k[j], c.v[j], lengths[i : i + 1], scale))  # (H, D)
+                a = att[0].reshape(1, cfg.q_dim) if n == 1 else torch.stack(att).reshape(n, cfg.q_dim)
+                x = self._finish_layer(L, x, a, force_matvec=True)
+            return self.output.matmul(self._rms(x, self.output_norm), force_matvec=True)
 
     def _device_step(self, token, start: int, cache: TorchKVCache):
         """Decode token (an int, or a (1,) device tensor) at position start (reserved): (logits, next_token)
@@ -487,7 +497,9 @@ class TorchLlama:
         if not self.device_decode:
             raise LlametteError("greedy_tokens needs the whole model on the device in GGUF blocks")
         on_cuda = self.device.type == "cuda"
-        ahead: deque = deque()  # (host buffer, event) of steps launched but not yet read
+        ahead: deque = deque()  # (host buffer, event) of steps launched but not yet read (at most 2)
+        if on_cuda:  # pinned buffers, so the copies of the argmax to the host are asynchronous
+            ring = [torch.empty(1, dtype=torch.int64, pin_memory=True) for _ in range(3)]
         consumed = cache.seq_len  # the cache length that the tokens handed out so far account for
         feed = token
         try:
@@ -497,7 +509,7 @@ class TorchLlama:
                     _, nxt = self._device_step(feed, start, cache)
                     cache.seq_len = start + 1
                     if on_cuda:
-                        host = torch.empty(1, dtype=torch.int64, pin_memory=True)
+                        host = ring[start % len(ring)]
                         host.copy_(nxt, non_blocking=True)
                         done = torch.cuda.Event()
                         done.record()
@@ -518,5 +530,17 @@ class TorchLlama:
             cache.truncate(consumed)
 
     def decode_batch(self, tokens: Sequence[int], caches: list[TorchKVCache]) -> np.ndarray:
-        """One decode step for several sequences (the server's engine): one after another for now."""
-        return np.concatenate([self.forward([t], c) for t, c in zip(tokens, caches, strict=True)])
+        """One decode step for several sequences (the server's engine): with the model on the device, one
+        pass whose products read each weight once per 8 sequences; else one sequence after another."""
+        toks = self._check(tokens)
+        if len(toks) != len(caches) or len({id(c) for c in caches}) != len(caches):
+            raise LlametteError(f"decode_batch needs one token per distinct cache, got {len(toks)} for {len(caches)}")
+        if not self.device_decode or len(toks) == 1:
+            return np.concatenate([self.forward([t], c) for t, c in zip(toks.tolist(), caches, strict=True)])
+        torch = _torch()
+        starts = [c.reserve(1) for c in caches]
+        dev = self.device
+        logits = self.decode_step(torch.from_numpy(toks).to(dev), torch.tensor(starts, device=dev), caches)
+        for c, p in zip(caches, starts, strict=True):
+            c.seq_len = p + 1
+        return logits.cpu().numpy()

@@ -238,6 +238,8 @@ class TorchLlama:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise LlametteError("--device cuda: no CUDA device is available")
+        if self.device.type == "cuda" and self.device.index is None:  # tensors report cuda:N: compare alike
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.cfg = cfg
         self.blocks = blocks
         n_off = cfg.n_layers + 1 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers

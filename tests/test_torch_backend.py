@@ -35,6 +35,9 @@ def test_cpu_graph_equals_the_reference(qtype: str) -> None:
     assert np.abs(steps - b[20:24]).max() <= 1e-5 * np.abs(b).max()
     with pytest.raises(ContextFullError):
         model.net.forward([1], cache)
+    h = model.net.forward(TOKENS, model.new_cache(64), hidden=True)  # embeddings
+    g = ref.net.forward(TOKENS, ref.new_cache(64), hidden=True)
+    assert h.shape == g.shape and np.abs(h - g).max() <= 1e-5 * np.abs(g).max()
     with pytest.raises(LlametteError, match="out of range"):
         model.net.forward([10**6], model.new_cache(4))
 

@@ -387,13 +387,17 @@ class TorchLlama:
             raise LlametteError(f"token id out of range (the model has {self.cfg.n_vocab} tokens)")
         return toks
 
-    def forward(self, tokens: Sequence[int], cache: TorchKVCache, all_logits: bool = False) -> np.ndarray:
+    def forward(
+        self, tokens: Sequence[int], cache: TorchKVCache, all_logits: bool = False, hidden: bool = False
+    ) -> np.ndarray:
+        """Run tokens after what the cache holds; logits (T, n_vocab) if all_logits else (1, n_vocab).
+        hidden: the final-normed hidden states (T, dim) instead (embeddings)."""
         toks = self._check(tokens)
         if self.all_native:  # -ngl 0 with the native backend: the whole model there
-            logits = self.native.forward(toks, cache.native, all_logits)
+            logits = self.native.forward(toks, cache.native, all_logits, hidden=hidden)
             cache.seq_len = cache.native.seq_len
             return logits
-        if len(toks) == 1 and self.device_decode:
+        if len(toks) == 1 and self.device_decode and not hidden:
             start = cache.reserve(1)
             logits, _ = self._device_step(int(toks[0]), start, cache)
             cache.seq_len = start + 1
@@ -423,12 +427,12 @@ class TorchLlama:
                     q.transpose(0, 1), keys, vals, attn_mask=mask[None]
                 )  # (H, T, D)
                 x = self._finish_layer(L, x, a.transpose(0, 1).reshape(t, cfg.q_dim))
-            if not all_logits:
+            if not all_logits and not hidden:
                 x = x[-1:]
-            x = x.to(self.out_device)
-            logits = self.output.matmul(self._rms(x, self.output_norm))
+            x = self._rms(x.to(self.out_device), self.output_norm)
+            out = x if hidden else self.output.matmul(x)
         cache.seq_len = start + t
-        return logits.float().cpu().numpy()
+        return out.float().cpu().numpy()
 
     def decode_step(self, tokens, positions, caches: TorchKVCache | list[TorchKVCache]):
         """Decode steps from device tensors tokens (n,) and positions (n,) int64, token i in caches[i] (the

@@ -534,7 +534,7 @@ class NativeLlama:
             chunk = toks[start : start + self.n_ubatch]
             last = start + len(chunk) == n
             n_out = 0 if residual else len(chunk) if all_logits else int(last)  # only the logits asked for
-            out = logits if logits is None or not all_logits else logits[start : start + len(chunk)]
+            out = logits[start : start + len(chunk)] if all_logits and not residual else logits
             self._run(chunk, cache, n_out, out)
             if states is not None:  # lm_forward leaves x, then the output-normed rows, at its workspace's start
                 d, m = self.cfg.dim, len(chunk)

@@ -283,7 +283,8 @@ class TorchLlama:
                 if f"{p}{n}.bias" in present:
                     layer[n + ".bias"] = floats(f"{p}{n}.bias", dev)
             self.layers.append(layer)
-            self._inv_freq.setdefault(dev, self._rope_inv_freq(dev))
+            if dev not in self._inv_freq:
+                self._inv_freq[dev] = self._rope_inv_freq(dev)
         self.all_native = not self.layers
         if not self.all_native:
             out_name = "output.weight" if "output.weight" in present else "token_embd.weight"
@@ -305,11 +306,6 @@ class TorchLlama:
     @property
     def n_threads(self) -> int:
         return self.native.n_threads if self.native is not None else 1
-
-    @property
-    def weight_bytes_on_device(self) -> int:
-        return sum(w.nbytes for L, d in zip(self.layers, self.layer_devices, strict=True) if d == self.device
-                   for w in L.values() if isinstance(w, QWeight))  # fmt: skip
 
     def new_cache(self, n_ctx: int) -> TorchKVCache:
         torch = _torch()
@@ -467,8 +463,7 @@ class TorchLlama:
         device tensors, through the cache's CUDA graph where graphs are on."""
         torch = _torch()
         if not self.cuda_graphs:
-            tok = torch.tensor([token], device=self.device) if isinstance(token, int) else token
-            logits = self.decode_step(tok, torch.tensor([start], device=self.device), cache)
+            logits = self.decode_step(self._token_tensor(token), torch.tensor([start], device=self.device), cache)
             return logits, logits.argmax(dim=-1)
         g = cache.decode_graph
         if g is None or g.key != DecodeGraph.key_of(cache):
@@ -481,16 +476,19 @@ class TorchLlama:
         g.graph.replay()
         return g.logits, g.next_token
 
+    def _token_tensor(self, token):
+        """token: an int, or a (1,) device tensor (a previous step's argmax, used as it is)."""
+        return _torch().tensor([token], device=self.device) if isinstance(token, int) else token
+
     def _capture(self, cache: TorchKVCache, token, start: int) -> DecodeGraph:
         """Warm up (Triton compiles on a first launch) with the real step, then capture. The warm-up writes
         the K/V the replay will write again."""
         torch = _torch()
-        cache.decode_graph = None
+        cache.decode_graph = None  # the old graph's memory pool is freed before the new capture
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            tok = torch.tensor([token], device=self.device) if isinstance(token, int) else token.clone()
-            self.decode_step(tok, torch.tensor([start], device=self.device), cache)
+            self.decode_step(self._token_tensor(token), torch.tensor([start], device=self.device), cache)
         torch.cuda.current_stream().wait_stream(side)
         return DecodeGraph(self, cache)
 
